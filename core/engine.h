@@ -1,0 +1,85 @@
+/* engine.h - the generation engine: one compute thread running batched steps.
+ *
+ * Submitted requests join the running batch between steps (continuous batching): each
+ * step prefills the prompts of new sequences and decodes one token of every running
+ * sequence in one core_forward call. Per sequence the engine samples, detokenizes as a
+ * stream (valid UTF-8 only), applies stop strings (text held back while it may still be
+ * the start of a stop string; the stop string itself is never emitted), max_tokens and
+ * EOS (unless ignore_eos).
+ *
+ * Threads: submit/cancel from any thread. on_event runs on the engine thread, must not
+ * block, and must copy what it keeps (text and ids are borrowed for the call). After the
+ * CORE_EV_DONE or CORE_EV_ERROR event of a request no more events come for it.
+ * Ownership: the engine copies the request (prompt, stop strings) and holds a reference
+ * to its LoRA until the final event; model and tokenizer are borrowed for the engine's
+ * life. */
+#ifndef CORE_ENGINE_H
+#define CORE_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/lora.h"
+#include "core/model.h"
+#include "core/rc.h"
+#include "core/sampler.h"
+#include "core/tokenizer.h"
+
+#define CORE_MAX_STOP 8
+
+typedef enum { CORE_EV_TOKEN, CORE_EV_DONE, CORE_EV_ERROR } core_ev_kind_t;
+typedef enum { CORE_FINISH_STOP, CORE_FINISH_LENGTH, CORE_FINISH_CANCELLED } core_finish_t;
+
+typedef struct {
+    core_ev_kind_t kind;
+    uint64_t req_id;
+    int32_t token;        /* TOKEN: the sampled id */
+    const char *text;     /* TOKEN/DONE: newly completed text (borrowed), may be empty */
+    size_t text_len;
+    core_finish_t finish; /* DONE */
+    int n_prompt, n_gen;  /* DONE: usage */
+    rc_t rc;              /* ERROR */
+    const char *message;  /* ERROR (borrowed) */
+} core_event_t;
+
+typedef void (*core_on_event_fn)(void *user, const core_event_t *ev);
+
+typedef struct {
+    const int32_t *prompt; /* copied */
+    int n_prompt;          /* >= 1 */
+    core_lora_t *lora;     /* NULL for base; retained by the engine */
+    float lora_scale;
+    core_sampler_params_t sampling;
+    int max_tokens;        /* >= 0 */
+    bool ignore_eos;
+    const char *stop[CORE_MAX_STOP]; /* copied; n_stop used */
+    int n_stop;
+    core_on_event_fn on_event;
+    void *user;
+} core_request_t;
+
+core_request_t core_request_default(void);
+
+typedef struct {
+    int max_batch_tokens; /* tokens per step (prompt tokens + decodes), default 2048 */
+    int max_seqs;         /* running sequences, default 64 */
+} core_engine_params_t;
+core_engine_params_t core_engine_default_params(void);
+
+typedef struct core_engine core_engine_t;
+
+/* Starts the compute thread. */
+rc_t core_engine_new(const core_model_t *m, const core_tok_t *tok, core_engine_params_t p,
+                     core_engine_t **out, core_err_t *err);
+/* Cancels everything still running (each gets DONE/cancelled), joins the thread. */
+void core_engine_free(core_engine_t *e);
+
+/* OUT: *req_id. RC_INVALID when the prompt plus max_tokens exceed the model context or a
+ * token id is out of range (message says which), RC_BUSY when the queue is full. */
+rc_t core_engine_submit(core_engine_t *e, const core_request_t *r, uint64_t *req_id,
+                        core_err_t *err);
+/* Cancel a request; its DONE (finish=cancelled) event follows within one step.
+ * Unknown or finished ids are ignored. */
+void core_engine_cancel(core_engine_t *e, uint64_t req_id);
+
+#endif

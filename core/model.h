@@ -1,0 +1,128 @@
+/* model.h - a Hugging Face Llama-family model: config, weights, KV cache, forward pass.
+ *
+ * core_model_load reads DIR/config.json (LlamaForCausalLM, MistralForCausalLM,
+ * Qwen2ForCausalLM: q/k/v bias, rope_theta, tied embeddings, GQA; rope_scaling types
+ * "linear" and "llama3", anything else refused), DIR/generation_config.json (optional:
+ * eos/bos ids) and the weights via core_st_open_dir, converting F32/F16/BF16 to f32 once.
+ * Every expected tensor must be present with the exact shape; unknown extra tensors are
+ * refused too (they mean a different architecture), except rotary inv_freq buffers.
+ *
+ * core_forward runs one batched step over several sequences of different lengths: each
+ * item appends n_tokens to its own KV cache and gets logits for its last token (or all
+ * tokens). Linear layers run as one GEMM over all rows of the batch; each item's LoRA (if
+ * any) adds s * (x A^T) B^T to its own rows, unmerged.
+ *
+ * Threads: a loaded model is immutable and may be read from any thread. A core_fwd_t
+ * (scratch) and a core_kv_t belong to one thread at a time (the engine thread).
+ * Ownership: the model owns its weights; callers own kv caches and fwd scratch. */
+#ifndef CORE_MODEL_H
+#define CORE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/rc.h"
+
+#define CORE_MAX_EOS 8
+
+/* The targetable linear layers of one decoder layer, in PEFT's module names. */
+typedef enum {
+    CORE_MOD_Q, /* self_attn.q_proj (n_heads*head_dim, dim)  */
+    CORE_MOD_K, /* self_attn.k_proj (n_kv_heads*head_dim, dim) */
+    CORE_MOD_V, /* self_attn.v_proj (n_kv_heads*head_dim, dim) */
+    CORE_MOD_O, /* self_attn.o_proj (dim, n_heads*head_dim)  */
+    CORE_MOD_GATE, /* mlp.gate_proj (hidden_dim, dim) */
+    CORE_MOD_UP,   /* mlp.up_proj   (hidden_dim, dim) */
+    CORE_MOD_DOWN, /* mlp.down_proj (dim, hidden_dim) */
+    CORE_MOD__COUNT
+} core_mod_t;
+
+/* "q_proj", ...; and the parent path "self_attn" or "mlp". */
+const char *core_mod_name(core_mod_t m);
+const char *core_mod_parent(core_mod_t m);
+
+typedef struct {
+    char arch[64];        /* "LlamaForCausalLM", ... */
+    char model_type[32];  /* "llama", "mistral", "qwen2" */
+    int n_vocab;
+    int dim;              /* hidden_size */
+    int hidden_dim;       /* intermediate_size */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;         /* head_dim if given, else dim / n_heads */
+    int max_pos;          /* max_position_embeddings */
+    float norm_eps;       /* rms_norm_eps */
+    float rope_theta;
+    int rope_scaling;     /* 0 none, 1 linear, 2 llama3 */
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_orig_max_pos;
+    bool tie_embeddings;
+    bool qkv_bias;
+    int bos_id;           /* -1 if unknown */
+    int eos_ids[CORE_MAX_EOS];
+    int n_eos;
+} core_config_t;
+
+/* Parse a config.json text. Used by core_model_load and tests. */
+rc_t core_config_parse(const char *json_text, core_config_t *out, core_err_t *err);
+
+/* (n_out, n_in) and the input/output width of module m in a model of this config. */
+void core_mod_shape(const core_config_t *cfg, core_mod_t m, int *n_out, int *n_in);
+
+typedef struct {
+    float *w;  /* (n_out, n_in) */
+    float *b;  /* (n_out) or NULL */
+    int n_out, n_in;
+} core_linear_t;
+
+typedef struct {
+    float *attn_norm; /* (dim) input_layernorm */
+    float *mlp_norm;  /* (dim) post_attention_layernorm */
+    core_linear_t lin[CORE_MOD__COUNT];
+} core_layer_t;
+
+typedef struct {
+    core_config_t cfg;
+    float *embed;      /* (n_vocab, dim) */
+    float *final_norm; /* (dim) */
+    float *lm_head;    /* (n_vocab, dim); == embed when tied */
+    core_layer_t *layers;
+    char fingerprint[65]; /* hex sha256 over config and tensor names/shapes */
+    char name[128];       /* served model name (folder base name unless set) */
+} core_model_t;
+
+rc_t core_model_load(const char *dir, core_model_t **out, core_err_t *err);
+void core_model_free(core_model_t *m);
+
+/* KV cache of one sequence: per layer K and V, (capacity, n_kv_heads*head_dim).
+ * Grows by doubling up to max_pos. */
+typedef struct core_kv core_kv_t;
+core_kv_t *core_kv_new(const core_config_t *cfg);
+void core_kv_free(core_kv_t *kv);
+int core_kv_len(const core_kv_t *kv);
+
+struct core_lora; /* core/lora.h */
+
+typedef struct {
+    const int32_t *tokens;  /* n_tokens new tokens, appended after core_kv_len(kv) */
+    int n_tokens;
+    core_kv_t *kv;
+    const struct core_lora *lora; /* NULL: base only */
+    float lora_scale;        /* multiplies the adapter's own s (1 = as trained) */
+    float *logits;           /* OUT: n_vocab floats (last token), or n_tokens*n_vocab if all_logits */
+    bool all_logits;
+} core_fwd_item_t;
+
+/* Scratch for core_forward, grown on demand and reused across steps. */
+typedef struct core_fwd core_fwd_t;
+core_fwd_t *core_fwd_new(const core_model_t *m);
+void core_fwd_free(core_fwd_t *f);
+
+/* One batched step. Token ids must be < n_vocab and positions < max_pos
+ * (RC_INVALID/RC_LIMIT otherwise, nothing appended). */
+rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, int n_items,
+                  core_err_t *err);
+
+#endif

@@ -1,0 +1,74 @@
+/* safetensors.h - validated, read-only views of safetensors files.
+ *
+ * A core_st_t is one or more mmapped .safetensors files (a single file, or the shards
+ * named by a model.safetensors.index.json) and the table of their tensors. The header of
+ * every file is validated before any tensor is exposed: u64 length bound (100 MB) and
+ * inside the file, JSON parsed with JSON_REJECT_DUPLICATES, known dtypes, shape products
+ * with overflow checks, shape x dtype size == byte length, offsets contiguous, sorted
+ * order independent, non-overlapping and covering the whole data buffer, __metadata__ of
+ * strings only. Every error names the file and the tensor.
+ *
+ * Threads: open/free on any one thread; a successfully opened core_st_t is immutable and
+ * may be read from any thread. Ownership: the core_st_t owns the mappings; tensor views
+ * (names and data pointers) are borrowed until core_st_free(). */
+#ifndef CORE_SAFETENSORS_H
+#define CORE_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/rc.h"
+
+#define CORE_ST_MAX_DIMS 8
+#define CORE_ST_MAX_HEADER (100u * 1000u * 1000u) /* as the reference validator */
+#define CORE_ST_MAX_TENSORS 100000
+
+typedef enum {
+    CORE_DTYPE_F32,
+    CORE_DTYPE_F16,
+    CORE_DTYPE_BF16,
+    CORE_DTYPE_OTHER /* a dtype the format knows but we do not convert (I32, F64, ...) */
+} core_dtype_t;
+
+typedef struct {
+    const char *name;     /* borrowed */
+    core_dtype_t dtype;
+    const char *dtype_name; /* as written in the file: "F32", "I32", ... */
+    int n_dims;
+    int64_t shape[CORE_ST_MAX_DIMS];
+    int64_t n_elems;
+    const uint8_t *data;  /* borrowed, little-endian, maybe unaligned */
+    size_t n_bytes;
+} core_st_tensor_t;
+
+typedef struct core_st core_st_t;
+
+/* Parse and validate one header from memory (buf = whole file image). Used by the
+ * file opener and by the fuzzer. On success *out holds a core_st_t that borrows buf
+ * (buf must outlive it). */
+rc_t core_st_parse(const uint8_t *buf, size_t len, const char *label, core_st_t **out,
+                   core_err_t *err);
+
+/* mmap and validate one .safetensors file. OUT: *out, free with core_st_free. */
+rc_t core_st_open_file(const char *path, core_st_t **out, core_err_t *err);
+
+/* Open the weights of a model folder: DIR/model.safetensors, or the shards listed by
+ * DIR/model.safetensors.index.json ("weight_map"; shard names must be plain file names
+ * inside DIR; every listed tensor must be found in its shard). */
+rc_t core_st_open_dir(const char *dir, core_st_t **out, core_err_t *err);
+
+void core_st_free(core_st_t *st);
+
+size_t core_st_count(const core_st_t *st);
+const core_st_tensor_t *core_st_at(const core_st_t *st, size_t i);
+/* NULL when absent. */
+const core_st_tensor_t *core_st_find(const core_st_t *st, const char *name);
+
+/* Convert t to f32 into dst (t->n_elems floats). RC_UNSUPPORTED for CORE_DTYPE_OTHER. */
+rc_t core_st_to_f32(const core_st_tensor_t *t, float *dst, core_err_t *err);
+
+/* Conversions, exposed for tests. */
+float core_f16_to_f32(uint16_t h);
+float core_bf16_to_f32(uint16_t b);
+
+#endif
