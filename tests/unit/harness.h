@@ -59,13 +59,18 @@ void harness_register(const char *name, harness_fn fn);
             HARNESS_FAIL("%s ~= %s: %.9g vs %.9g (tol %g)", #a, #b, a_, b_,     \
                          (double)(tol));                                        \
     } while (0)
-/* rc_t-returning calls: prints the rc and the error message. */
+/* rc_t-returning calls: prints the rc and the error message. errp: a core_err_t
+ * pointer or NULL (passed through a helper so &local does not trip -Waddress). */
+static inline const char *harness_errmsg(const void *errp)
+{
+    return errp ? (const char *)errp : "";
+}
 #define ASSERT_RC(call, want, errp)                                             \
     do {                                                                        \
         int got_ = (int)(call);                                                 \
         if (got_ != (int)(want))                                                \
             HARNESS_FAIL("%s: rc %d, want %d (%s)", #call, got_, (int)(want),    \
-                         (errp) ? (errp)->msg : "");                            \
+                         harness_errmsg(errp));                                 \
     } while (0)
 
 #ifdef HARNESS_MAIN
