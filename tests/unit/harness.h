@@ -96,6 +96,8 @@ void harness_register(const char *name, harness_fn fn)
 
 static int harness_run_forked(int i)
 {
+    fflush(stdout);
+    fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
         alarm(120);
