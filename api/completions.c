@@ -1,0 +1,559 @@
+/* completions.c - POST /v1/completions (OpenAI-compatible) and the jobs it leaves pending.
+ *
+ * The loop thread validates every field, resolves the model (the base's served name, or
+ * an adapter NAME / NAME@VERSION from the store), tokenizes and submits to the engine.
+ * From then on the job is driven by engine events on the engine thread: a streaming job
+ * writes one SSE chunk per event, a plain job accumulates text and answers at DONE.
+ *
+ * Job lifetime: created at submit, freed only by api_job_free (the server calls it after
+ * it has seen end). The engine thread touches the job only inside its events and the
+ * final event's last act is sink->end, so nothing reads the job after the server may free
+ * it. The one field both threads touch is `begun` (the stream's begin must precede any
+ * write, whichever thread gets there first), guarded by the job's mutex.
+ * Prompt text is encoded with the tokenizer's post-processor (BOS where the model wants
+ * one) and special-token text is NOT parsed: "<s>" in a prompt is five characters, so a
+ * client cannot forge control tokens. Token-id prompts are used exactly as given. */
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api/json_util.h"
+
+#define CMPL_STOP_MAX_BYTES 256
+#define CMPL_DEFAULT_MAX_TOKENS 16
+
+/* A validated request. Strings are borrowed from the parsed body. */
+typedef struct {
+    const char *model, *adapter;
+    const char *text;  /* text prompt, or NULL when ids */
+    size_t text_len;
+    int32_t *ids;      /* token prompt (malloc'd), or the encoded text */
+    size_t n_ids;
+    long long max_tokens, top_k, seed;
+    bool has_seed;
+    double temperature, top_p;
+    const char *stop[CORE_MAX_STOP];
+    int n_stop;
+    bool stream, ignore_eos, return_token_ids, include_usage;
+} cmpl_req_t;
+
+struct api_job {
+    core_engine_t *engine;
+    api_sink_t *sink;  /* borrowed: the server keeps it until api_job_free */
+    uint64_t req_id;
+    pthread_mutex_t mu;
+    bool begun;        /* stream: begin() called (guarded by mu) */
+    bool stream, include_usage, return_token_ids;
+    bool sent_first;   /* stream: the first chunk carried prompt_token_ids */
+    bool oom;          /* plain: an append failed; answer 500 at DONE */
+    char id[40];
+    int64_t created;
+    char *model;
+    int32_t *prompt_ids; /* kept only for return_token_ids */
+    size_t n_prompt;
+    char *text;          /* plain: generated text so far */
+    size_t n_text, cap_text;
+    int32_t *gen;        /* return_token_ids: generated ids */
+    size_t n_gen, cap_gen;
+};
+
+static const char *const cmpl_fields[] = {
+    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
+    "stream", "stream_options", "ignore_eos", "return_token_ids", "adapter", "n", "echo",
+    "logprobs", "presence_penalty", "frequency_penalty", "user", "suffix", "best_of",
+    "logit_bias", NULL,
+};
+
+/* ---- validation (loop thread) ---- */
+
+static bool not_supported(api_fail_t *f, const char *field, const char *neutral)
+{
+    return api__fail(f, 400, "not_supported", "`%s` is not supported yet (only %s)", field,
+                     neutral);
+}
+
+/* OpenAI fields we accept only at the value that changes nothing. */
+static bool cmpl_neutral(const json_t *root, api_fail_t *f)
+{
+    bool echo = false;
+    long long n = 1, best_of = 1;
+    double presence = 0, frequency = 0;
+    const char *user = NULL, *suffix = NULL;
+    size_t suffix_len = 0;
+    if (!api__get_bool(root, "echo", &echo, f) ||
+        !api__get_int(root, "n", LLONG_MIN, LLONG_MAX, &n, f) ||
+        !api__get_int(root, "best_of", LLONG_MIN, LLONG_MAX, &best_of, f) ||
+        !api__get_num(root, "presence_penalty", -2, 2, false, &presence, f) ||
+        !api__get_num(root, "frequency_penalty", -2, 2, false, &frequency, f) ||
+        !api__get_str(root, "user", &user, NULL, f) ||
+        !api__get_str(root, "suffix", &suffix, &suffix_len, f))
+        return false;
+    const json_t *logprobs = json_object_get(root, "logprobs");
+    const json_t *bias = json_object_get(root, "logit_bias");
+    if (echo)
+        return not_supported(f, "echo", "false");
+    if (n != 1)
+        return not_supported(f, "n", "1");
+    if (best_of != 1)
+        return not_supported(f, "best_of", "1");
+    if (presence != 0)
+        return not_supported(f, "presence_penalty", "0");
+    if (frequency != 0)
+        return not_supported(f, "frequency_penalty", "0");
+    if (suffix_len)
+        return not_supported(f, "suffix", "null or \"\"");
+    if (logprobs && !json_is_null(logprobs))
+        return not_supported(f, "logprobs", "null");
+    if (bias && !json_is_null(bias) && !(json_is_object(bias) && json_object_size(bias) == 0))
+        return not_supported(f, "logit_bias", "null or {}");
+    return true;
+}
+
+/* A string, an array of token ids, or a one-element array of either. */
+static bool cmpl_prompt(const json_t *root, int n_vocab, cmpl_req_t *q, api_fail_t *f)
+{
+    const json_t *p = json_object_get(root, "prompt");
+    if (!p || json_is_null(p))
+        return api__fail(f, 400, "missing_field", "`prompt` is required");
+    if (json_is_array(p) && json_array_size(p) == 1) {
+        const json_t *e = json_array_get(p, 0);
+        if (json_is_string(e) || json_is_array(e))
+            p = e;
+    }
+    if (json_is_string(p)) {
+        q->text = json_string_value(p);
+        q->text_len = json_string_length(p);
+        if (q->text_len == 0)
+            return api__fail(f, 400, "invalid_value", "`prompt` must not be empty");
+        return true;
+    }
+    if (!json_is_array(p))
+        return api__fail(f, 400, "invalid_type",
+                         "`prompt` must be a string, an array of token ids, or a one-element "
+                         "array of either");
+    if (json_array_size(p) == 0)
+        return api__fail(f, 400, "invalid_value", "`prompt` must not be empty");
+    const json_t *e0 = json_array_get(p, 0);
+    if (json_is_string(e0) || json_is_array(e0))
+        return api__fail(f, 400, "not_supported", "only one prompt per request is supported");
+    return api__token_ids(p, "prompt", n_vocab, &q->ids, &q->n_ids, f);
+}
+
+static bool cmpl_stop_one(const json_t *v, const char *what, cmpl_req_t *q, api_fail_t *f)
+{
+    if (!json_is_string(v))
+        return api__fail(f, 400, "invalid_type", "`%s` must be a string", what);
+    size_t len = json_string_length(v);
+    const char *s = json_string_value(v);
+    if (len < 1 || len > CMPL_STOP_MAX_BYTES)
+        return api__fail(f, 400, "invalid_value", "`%s` must be 1 to %d bytes long, got %zu",
+                         what, CMPL_STOP_MAX_BYTES, len);
+    if (strlen(s) != len)
+        return api__fail(f, 400, "invalid_value", "`%s` must not contain NUL characters", what);
+    q->stop[q->n_stop++] = s;
+    return true;
+}
+
+static bool cmpl_stop(const json_t *root, cmpl_req_t *q, api_fail_t *f)
+{
+    const json_t *v = json_object_get(root, "stop");
+    if (!v || json_is_null(v))
+        return true;
+    if (json_is_string(v))
+        return cmpl_stop_one(v, "stop", q, f);
+    if (!json_is_array(v))
+        return api__fail(f, 400, "invalid_type", "`stop` must be a string or an array of strings");
+    if (json_array_size(v) > CORE_MAX_STOP)
+        return api__fail(f, 400, "invalid_value", "`stop` may hold at most %d strings, got %zu",
+                         CORE_MAX_STOP, json_array_size(v));
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        char what[32];
+        snprintf(what, sizeof what, "stop[%zu]", i);
+        if (!cmpl_stop_one(json_array_get(v, i), what, q, f))
+            return false;
+    }
+    return true;
+}
+
+static bool cmpl_stream_options(const json_t *root, cmpl_req_t *q, api_fail_t *f)
+{
+    const json_t *v = json_object_get(root, "stream_options");
+    const char *key;
+    json_t *val;
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_object(v))
+        return api__fail(f, 400, "invalid_type", "`stream_options` must be an object");
+    if (!q->stream)
+        return api__fail(f, 400, "invalid_value",
+                         "`stream_options` is only allowed when `stream` is true");
+    json_object_foreach((json_t *)v, key, val) {
+        if (strcmp(key, "include_usage") != 0)
+            return api__fail(f, 400, "unknown_field", "unknown field `stream_options.%.100s`",
+                             key);
+    }
+    if (!api__get_bool(v, "include_usage", &q->include_usage, f)) {
+        api__fail(f, 400, "invalid_type", "`stream_options.include_usage` must be a boolean");
+        return false;
+    }
+    return true;
+}
+
+static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fail_t *f)
+{
+    int max_pos = a->p.model->cfg.max_pos;
+    memset(q, 0, sizeof *q);
+    q->max_tokens = CMPL_DEFAULT_MAX_TOKENS;
+    q->temperature = 1;
+    q->top_p = 1;
+    q->seed = -1;
+    if (!api__check_fields(root, cmpl_fields, f) || !cmpl_neutral(root, f) ||
+        !api__get_str(root, "model", &q->model, NULL, f) ||
+        !api__get_str(root, "adapter", &q->adapter, NULL, f) ||
+        !api__get_int(root, "max_tokens", 0, max_pos, &q->max_tokens, f) ||
+        !api__get_num(root, "temperature", 0, 2, false, &q->temperature, f) ||
+        !api__get_num(root, "top_p", 0, 1, true, &q->top_p, f) ||
+        !api__get_int(root, "top_k", -1, INT_MAX, &q->top_k, f) ||
+        !api__get_int(root, "seed", 0, LLONG_MAX, &q->seed, f) ||
+        !api__get_bool(root, "stream", &q->stream, f) ||
+        !api__get_bool(root, "ignore_eos", &q->ignore_eos, f) ||
+        !api__get_bool(root, "return_token_ids", &q->return_token_ids, f) ||
+        !cmpl_stream_options(root, q, f) || !cmpl_stop(root, q, f))
+        return false;
+    if (!q->model)
+        return api__fail(f, 400, "missing_field", "`model` is required");
+    q->has_seed = q->seed >= 0;
+    if (q->top_k < 0)
+        q->top_k = 0; /* -1 (vLLM) and 0 (OpenAI-style) both mean off */
+    return cmpl_prompt(root, a->p.model->cfg.n_vocab, q, f);
+}
+
+/* ---- model, prompt, context (loop thread) ---- */
+
+/* OUT: *lora retained, or NULL for the base model. */
+static bool cmpl_resolve(api_t *a, const cmpl_req_t *q, core_lora_t **lora, api_fail_t *f)
+{
+    const char *spec = q->adapter ? q->adapter : q->model;
+    core_err_t err = {{0}};
+    *lora = NULL;
+    if (strcmp(spec, a->model_name) == 0)
+        return true;
+    rc_t rc = a->p.store ? store_acquire(a->p.store, spec, lora, NULL, &err) : RC_NOT_FOUND;
+    if (rc == RC_NOT_FOUND || rc == RC_INVALID)
+        return api__fail(f, 404, "model_not_found", "The model `%.200s` does not exist.", spec);
+    if (rc != RC_OK)
+        return api__fail_rc(f, rc, &err);
+    return true;
+}
+
+static bool cmpl_tokenize(api_t *a, cmpl_req_t *q, api_fail_t *f)
+{
+    int max_pos = a->p.model->cfg.max_pos;
+    if (q->text) {
+        core_err_t err = {{0}};
+        core_tok_encode_params_t tp = {.add_special = true, .parse_special = false};
+        rc_t rc = core_tok_encode(a->p.tok, q->text, q->text_len, tp, &q->ids, &q->n_ids, &err);
+        if (rc != RC_OK)
+            return api__fail_rc(f, rc, &err);
+        if (q->n_ids == 0)
+            return api__fail(f, 400, "invalid_value", "`prompt` encodes to no tokens");
+    }
+    if ((long long)q->n_ids + q->max_tokens > max_pos)
+        return api__fail(f, 400, "context_length_exceeded",
+                         "This model's maximum context length is %d tokens; the prompt has %zu "
+                         "tokens and `max_tokens` is %lld (%lld in total). Shorten the prompt "
+                         "or lower `max_tokens`.",
+                         max_pos, q->n_ids, q->max_tokens, (long long)q->n_ids + q->max_tokens);
+    return true;
+}
+
+/* ---- responses (engine thread, except job creation) ---- */
+
+static json_t *ids_json(const int32_t *ids, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, json_integer(ids[i]));
+    return arr;
+}
+
+static json_t *usage_json(const core_event_t *ev)
+{
+    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", ev->n_prompt, "completion_tokens",
+                     ev->n_gen, "total_tokens", ev->n_prompt + ev->n_gen);
+}
+
+static const char *finish_str(core_finish_t fin)
+{
+    return fin == CORE_FINISH_LENGTH ? "length" : "stop";
+}
+
+/* {"id", "object", "created", "model", "choices": [choice]} with choice stolen. */
+static json_t *cmpl_envelope(const api_job_t *j, json_t *choices)
+{
+    return json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", j->id, "object", "text_completion",
+                     "created", (json_int_t)j->created, "model", j->model, "choices", choices);
+}
+
+static json_t *cmpl_choice(const char *text, size_t len, const char *finish)
+{
+    return json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", api__json_text(text, len),
+                     "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
+}
+
+static void sse_write(api_job_t *j, json_t *doc)
+{
+    size_t len = 0;
+    char *s = api__dump(doc, &len);
+    json_decref(doc);
+    char *buf = s ? malloc(len + 8) : NULL;
+    if (buf) {
+        memcpy(buf, "data: ", 6);
+        memcpy(buf + 6, s, len);
+        memcpy(buf + 6 + len, "\n\n", 2);
+        j->sink->write(j->sink->self, buf, len + 8);
+    }
+    free(buf);
+    free(s);
+}
+
+static void sse_chunk(api_job_t *j, const char *text, size_t len, const char *finish,
+                      const int32_t *token)
+{
+    json_t *choice = cmpl_choice(text, len, finish);
+    if (j->return_token_ids) {
+        json_object_set_new(choice, "token_ids", ids_json(token, token ? 1 : 0));
+        if (!j->sent_first)
+            json_object_set_new(choice, "prompt_token_ids", ids_json(j->prompt_ids, j->n_prompt));
+    }
+    j->sent_first = true;
+    sse_write(j, cmpl_envelope(j, json_pack("[o]", choice)));
+}
+
+/* The stream's begin must precede the first write; the loop thread (right after submit)
+ * and the engine thread (first event) race for it. */
+static void stream_begin_once(api_job_t *j)
+{
+    pthread_mutex_lock(&j->mu);
+    if (!j->begun) {
+        j->begun = true;
+        j->sink->begin(j->sink->self, 200, "text/event-stream", true, "Cache-Control: no-cache\r\n");
+    }
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void stream_event(api_job_t *j, const core_event_t *ev)
+{
+    stream_begin_once(j);
+    if (ev->kind == CORE_EV_TOKEN) {
+        if (ev->text_len || j->return_token_ids)
+            sse_chunk(j, ev->text, ev->text_len, NULL, &ev->token);
+        return;
+    }
+    if (ev->kind == CORE_EV_DONE && ev->text_len)
+        sse_chunk(j, ev->text, ev->text_len, NULL, NULL);
+    if (ev->kind == CORE_EV_ERROR || ev->finish == CORE_FINISH_CANCELLED) {
+        bool err = ev->kind == CORE_EV_ERROR;
+        sse_write(j, api__error_json("server_error", err ? rc_name(ev->rc) : "cancelled",
+                                     err && ev->message ? ev->message : "the request was cancelled"));
+    } else {
+        sse_chunk(j, "", 0, finish_str(ev->finish), NULL);
+        if (j->include_usage) {
+            json_t *doc = cmpl_envelope(j, json_array());
+            json_object_set_new(doc, "usage", usage_json(ev));
+            sse_write(j, doc);
+        }
+    }
+    j->sink->write(j->sink->self, "data: [DONE]\n\n", 14);
+    j->sink->end(j->sink->self); /* last touch of j: the server may free it now */
+}
+
+static void plain_append(api_job_t *j, const core_event_t *ev)
+{
+    if (ev->text_len && !j->oom) {
+        if (j->n_text + ev->text_len > j->cap_text) {
+            size_t cap = (j->cap_text + ev->text_len) * 2;
+            char *t = realloc(j->text, cap);
+            if (!t) {
+                j->oom = true;
+                return;
+            }
+            j->text = t;
+            j->cap_text = cap;
+        }
+        memcpy(j->text + j->n_text, ev->text, ev->text_len);
+        j->n_text += ev->text_len;
+    }
+    if (ev->kind == CORE_EV_TOKEN && j->return_token_ids && !j->oom) {
+        if (j->n_gen == j->cap_gen) {
+            size_t cap = j->cap_gen ? j->cap_gen * 2 : 64;
+            int32_t *g = realloc(j->gen, cap * sizeof *g);
+            if (!g) {
+                j->oom = true;
+                return;
+            }
+            j->gen = g;
+            j->cap_gen = cap;
+        }
+        j->gen[j->n_gen++] = ev->token;
+    }
+}
+
+static void plain_done(api_job_t *j, const core_event_t *ev)
+{
+    if (ev->finish == CORE_FINISH_CANCELLED) {
+        api_send_error(j->sink, 503, NULL, "cancelled", "the request was cancelled");
+        return;
+    }
+    if (j->oom) {
+        api_send_error(j->sink, 500, NULL, "nomem", "out of memory collecting the completion");
+        return;
+    }
+    json_t *choice = cmpl_choice(j->text, j->n_text, finish_str(ev->finish));
+    if (j->return_token_ids) {
+        json_object_set_new(choice, "prompt_token_ids", ids_json(j->prompt_ids, j->n_prompt));
+        json_object_set_new(choice, "token_ids", ids_json(j->gen, j->n_gen));
+    }
+    json_t *doc = cmpl_envelope(j, json_pack("[o]", choice));
+    json_object_set_new(doc, "usage", usage_json(ev));
+    api__send_json(j->sink, 200, doc);
+}
+
+static void plain_event(api_job_t *j, const core_event_t *ev)
+{
+    if (ev->kind == CORE_EV_ERROR) {
+        api_send_error(j->sink, 500, NULL, rc_name(ev->rc),
+                       ev->message ? ev->message : rc_str(ev->rc));
+        return;
+    }
+    plain_append(j, ev);
+    if (ev->kind == CORE_EV_DONE)
+        plain_done(j, ev);
+}
+
+/* Engine thread. */
+static void cmpl_on_event(void *user, const core_event_t *ev)
+{
+    api_job_t *j = user;
+    if (j->stream)
+        stream_event(j, ev);
+    else
+        plain_event(j, ev);
+}
+
+/* ---- jobs (loop thread) ---- */
+
+static api_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
+{
+    api_job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    pthread_mutex_init(&j->mu, NULL);
+    j->engine = a->p.engine;
+    j->sink = sink;
+    j->stream = q->stream;
+    j->include_usage = q->include_usage;
+    j->return_token_ids = q->return_token_ids;
+    j->created = (int64_t)time(NULL);
+    snprintf(j->id, sizeof j->id, "cmpl-%016llx%08llx", (unsigned long long)api__rand(a),
+             (unsigned long long)(api__rand(a) >> 32));
+    j->model = strdup(q->model);
+    if (q->return_token_ids && q->n_ids) {
+        j->prompt_ids = malloc(q->n_ids * sizeof *j->prompt_ids);
+        if (j->prompt_ids)
+            memcpy(j->prompt_ids, q->ids, q->n_ids * sizeof *j->prompt_ids);
+        j->n_prompt = q->n_ids;
+    }
+    if (!j->model || (q->return_token_ids && q->n_ids && !j->prompt_ids)) {
+        api_job_free(a, j);
+        return NULL;
+    }
+    return j;
+}
+
+static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, core_lora_t *lora,
+                                   api_job_t *j)
+{
+    core_request_t r = core_request_default();
+    r.prompt = q->ids;
+    r.n_prompt = (int)q->n_ids;
+    r.lora = lora;
+    r.lora_scale = 1.0f;
+    r.sampling.temperature = (float)q->temperature;
+    r.sampling.top_p = (float)q->top_p;
+    r.sampling.top_k = (int)q->top_k;
+    r.sampling.seed = q->has_seed ? (uint64_t)q->seed : api__rand(a);
+    r.max_tokens = (int)q->max_tokens;
+    r.ignore_eos = q->ignore_eos;
+    for (int i = 0; i < q->n_stop; i++)
+        r.stop[i] = q->stop[i];
+    r.n_stop = q->n_stop;
+    r.on_event = cmpl_on_event;
+    r.user = j;
+    return r;
+}
+
+/* OUT: *job on success. The engine holds its own lora reference after submit. */
+static bool cmpl_submit(api_t *a, const cmpl_req_t *q, core_lora_t *lora, api_sink_t *sink,
+                        api_job_t **job, api_fail_t *f)
+{
+    if (!a->p.engine)
+        return api__fail(f, 503, "no_engine", "the generation engine is not running");
+    api_job_t *j = cmpl_job_new(a, q, sink);
+    if (!j)
+        return api__fail(f, 500, "nomem", "out of memory");
+    core_err_t err = {{0}};
+    core_request_t r = cmpl_request(a, q, lora, j);
+    rc_t rc = core_engine_submit(a->p.engine, &r, &j->req_id, &err);
+    if (rc != RC_OK) {
+        api_job_free(a, j);
+        if (rc == RC_BUSY)
+            return api__fail(f, 429, "server_busy", "the server is busy; retry shortly");
+        return api__fail_rc(f, rc, &err);
+    }
+    if (q->stream)
+        stream_begin_once(j);
+    *job = j;
+    return true;
+}
+
+void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
+{
+    api_fail_t f;
+    json_t *root = NULL;
+    cmpl_req_t q;
+    core_lora_t *lora = NULL;
+    memset(&q, 0, sizeof q);
+    bool ok = api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
+              cmpl_resolve(a, &q, &lora, &f) && cmpl_tokenize(a, &q, &f) &&
+              cmpl_submit(a, &q, lora, sink, job, &f);
+    if (lora)
+        core_lora_release(lora);
+    free(q.ids);
+    json_decref(root);
+    if (!ok)
+        api__send_fail(sink, &f);
+}
+
+void api_job_cancel(api_t *a, api_job_t *job)
+{
+    (void)a;
+    if (job && job->engine)
+        core_engine_cancel(job->engine, job->req_id);
+}
+
+void api_job_free(api_t *a, api_job_t *job)
+{
+    (void)a;
+    if (!job)
+        return;
+    pthread_mutex_destroy(&job->mu);
+    free(job->model);
+    free(job->prompt_ids);
+    free(job->text);
+    free(job->gen);
+    free(job);
+}
