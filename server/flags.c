@@ -1,0 +1,308 @@
+/* flags.c - the option table of adapterd and its parser (see flags.h).
+ *
+ * The table is the single source of truth: defaults, ranges, environment variable names,
+ * the --help text and the Markdown table in docs/OPERATIONS.md all come from it. Values are
+ * parsed strictly (whole string, decimal, in range); a bad value names the flag or the
+ * environment variable it came from. Main thread only. */
+#include "server/flags.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { FLAG_STR, FLAG_INT, FLAG_SIZE, FLAG_LEVEL } flag_type_t;
+
+typedef struct {
+    const char *name; /* without the leading "--" */
+    flag_type_t type;
+    size_t offset;   /* into srv_config_t */
+    const char *def; /* default, as it would be typed */
+    long long min, max;
+    unsigned cmds; /* SRV_CMD_* this flag applies to */
+    const char *metavar;
+    const char *help;
+} flag_t;
+
+#define OFF(field) offsetof(srv_config_t, field)
+#define SERVE SRV_CMD_SERVE
+#define BOTH (SRV_CMD_SERVE | SRV_CMD_IMPORT)
+#define IMPORT SRV_CMD_IMPORT
+#define I32 INT_MAX
+#define MS_MAX 86400000LL /* one day */
+
+static const flag_t flags[] = {
+    {"host", FLAG_STR, OFF(host), "127.0.0.1", 0, 0, SERVE, "ADDR",
+     "address to listen on (IPv4 or IPv6 literal)"},
+    {"port", FLAG_INT, OFF(port), "8080", 0, 65535, SERVE, "N", "TCP port to listen on"},
+    {"model", FLAG_STR, OFF(model_dir), "./data/model", 0, 0, BOTH, "DIR",
+     "Hugging Face model folder (config.json, safetensors weights, tokenizer.json)"},
+    {"model-name", FLAG_STR, OFF(model_name), "", 0, 0, SERVE, "NAME",
+     "name the base model is served as (empty: the model folder's base name)"},
+    {"adapters-dir", FLAG_STR, OFF(adapters_dir), "", 0, 0, SERVE, "DIR",
+     "import every PEFT sub-folder of DIR at start-up, named after the sub-folder (empty: none)"},
+    {"data-dir", FLAG_STR, OFF(data_dir), "./data", 0, 0, BOTH, "DIR",
+     "state folder: adapterd.db (the adapter index) lives here"},
+    {"name", FLAG_STR, OFF(name), "", 0, 0, IMPORT, "NAME",
+     "name the imported adapter is indexed under"},
+    {"threads", FLAG_INT, OFF(threads), "2", 1, 256, BOTH, "N", "BLAS threads"},
+    {"max-body-bytes", FLAG_SIZE, OFF(max_body_bytes), "2000000", 0, 1LL << 40, SERVE, "BYTES",
+     "largest request body; larger Content-Length gets 413 before the body is read"},
+    {"max-header-bytes", FLAG_SIZE, OFF(max_header_bytes), "16384", 256, 1 << 20, SERVE, "BYTES",
+     "largest request head (request line + headers); more gets 431"},
+    {"max-request-line-bytes", FLAG_SIZE, OFF(max_request_line_bytes), "8192", 64, 1 << 20, SERVE,
+     "BYTES", "longest request line; longer gets 414"},
+    {"max-headers", FLAG_INT, OFF(max_headers), "100", 1, 10000, SERVE, "N",
+     "most header fields in a request; more gets 431"},
+    {"header-timeout-ms", FLAG_INT, OFF(header_timeout_ms), "10000", 1, MS_MAX, SERVE, "MS",
+     "deadline for a whole request head, from its first byte; then 408 and close"},
+    {"body-timeout-ms", FLAG_INT, OFF(body_timeout_ms), "10000", 1, MS_MAX, SERVE, "MS",
+     "longest pause between two reads of a request body; then 408 and close"},
+    {"idle-timeout-ms", FLAG_INT, OFF(idle_timeout_ms), "75000", 1, MS_MAX, SERVE, "MS",
+     "keep-alive: an idle connection is closed (silently) after this"},
+    {"max-connections", FLAG_INT, OFF(max_connections), "1024", 1, 1000000, SERVE, "N",
+     "open client connections; connections over the cap are closed at once"},
+    {"max-keepalive-requests", FLAG_INT, OFF(max_keepalive_requests), "1000", 1, I32, SERVE, "N",
+     "requests served on one connection; the last one is answered with Connection: close"},
+    {"drain-timeout-ms", FLAG_INT, OFF(drain_timeout_ms), "10000", 0, MS_MAX, SERVE, "MS",
+     "on SIGINT/SIGTERM: how long in-flight requests may take to finish"},
+    {"max-write-buffer-bytes", FLAG_SIZE, OFF(max_write_buffer_bytes), "4194304", 65536, 1LL << 34,
+     SERVE, "BYTES",
+     "response bytes queued for a client that does not read; more closes the connection"},
+    {"max-batch-tokens", FLAG_INT, OFF(max_batch_tokens), "2048", 1, 1 << 20, SERVE, "N",
+     "engine: tokens per batched step (prompt chunks + one decode token per sequence)"},
+    {"max-seqs", FLAG_INT, OFF(max_seqs), "64", 1, 65536, SERVE, "N",
+     "engine: sequences running at once"},
+    {"log-level", FLAG_LEVEL, OFF(log_level), "info", 0, 0, BOTH, "LEVEL",
+     "error, warn, info (one line per request) or debug"},
+};
+#define N_FLAGS (sizeof flags / sizeof flags[0])
+_Static_assert(N_FLAGS <= 64, "srv_flags_parse tracks given flags in a uint64_t");
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+static const char usage[] =
+    "usage: adapterd [serve] [flags]\n"
+    "       adapterd import DIR --name NAME [--data-dir D] [--model M]\n"
+    "       adapterd --help | --help-markdown | --version\n"
+    "\n"
+    "Serves one base model with per-request LoRA adapters over an OpenAI-compatible HTTP API.\n"
+    "`import` validates the PEFT folder DIR against the base model, indexes it in the store\n"
+    "and prints the stored row as JSON.\n"
+    "\n"
+    "Every flag can also be set by its environment variable; a flag wins over the\n"
+    "environment, the environment over the default.\n";
+
+static void env_name(const flag_t *f, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "ADAPTERD_");
+    for (const char *p = f->name; *p && n + 1 < cap; p++)
+        buf[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+    buf[n] = '\0';
+}
+
+static const flag_t *flag_find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < N_FLAGS; i++)
+        if (strlen(flags[i].name) == len && memcmp(flags[i].name, name, len) == 0)
+            return &flags[i];
+    return NULL;
+}
+
+/* Strict decimal: the whole string, no sign games, in [min, max]. */
+static bool parse_ll(const char *s, long long min, long long max, long long *out)
+{
+    if (!isdigit((unsigned char)s[0]))
+        return false;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Store value into cfg for f. `src` names where it came from, for the error message. */
+static bool flag_set(srv_config_t *cfg, const flag_t *f, const char *value, const char *src,
+                     FILE *err)
+{
+    char *field = (char *)cfg + f->offset;
+    long long v = 0;
+    switch (f->type) {
+    case FLAG_STR:
+        *(const char **)field = value;
+        return true;
+    case FLAG_INT:
+    case FLAG_SIZE:
+        if (!parse_ll(value, f->min, f->max, &v)) {
+            fprintf(err, "adapterd: %s: '%s' is not a whole number in [%lld, %lld]\n", src, value,
+                    f->min, f->max);
+            return false;
+        }
+        if (f->type == FLAG_INT)
+            *(int *)field = (int)v;
+        else
+            *(size_t *)field = (size_t)v;
+        return true;
+    case FLAG_LEVEL:
+        for (int i = 0; i < 4; i++)
+            if (strcmp(value, level_names[i]) == 0) {
+                *(int *)field = i;
+                return true;
+            }
+        fprintf(err, "adapterd: %s: '%s' is not one of error, warn, info, debug\n", src, value);
+        return false;
+    }
+    return false;
+}
+
+static bool apply_defaults_and_env(srv_config_t *cfg, FILE *err)
+{
+    for (size_t i = 0; i < N_FLAGS; i++) {
+        char src[96];
+        if (!flag_set(cfg, &flags[i], flags[i].def, "built-in default", err))
+            return false;
+        env_name(&flags[i], src, sizeof src);
+        const char *env = getenv(src);
+        if (env && !flag_set(cfg, &flags[i], env, src, err))
+            return false;
+    }
+    return true;
+}
+
+/* A positional argument: the command (first one only) or import's DIR. */
+static bool take_positional(srv_config_t *cfg, const char *arg, int *n_pos, FILE *err)
+{
+    if (*n_pos == 0 && (strcmp(arg, "serve") == 0 || strcmp(arg, "import") == 0)) {
+        cfg->cmd = arg[0] == 's' ? SRV_CMD_SERVE : SRV_CMD_IMPORT;
+    } else if (cfg->cmd == SRV_CMD_IMPORT && !cfg->import_dir) {
+        cfg->import_dir = arg;
+    } else {
+        fprintf(err, "adapterd: unexpected argument '%s' (see adapterd --help)\n", arg);
+        return false;
+    }
+    (*n_pos)++;
+    return true;
+}
+
+/* One "--name[=value]" at argv[*i]; consumes the next argument as its value if needed. */
+static bool take_flag(srv_config_t *cfg, int argc, char **argv, int *i, uint64_t *given, FILE *err)
+{
+    const char *arg = argv[*i] + 2;
+    const char *eq = strchr(arg, '=');
+    size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+    const flag_t *f = flag_find(arg, len);
+    if (!f) {
+        fprintf(err, "adapterd: unknown flag '--%.*s' (see adapterd --help)\n", (int)len, arg);
+        return false;
+    }
+    const char *value = eq ? eq + 1 : NULL;
+    if (!value) {
+        if (*i + 1 >= argc) {
+            fprintf(err, "adapterd: flag --%s needs a value (%s)\n", f->name, f->metavar);
+            return false;
+        }
+        value = argv[++*i];
+    }
+    char src[80];
+    snprintf(src, sizeof src, "flag --%s", f->name);
+    *given |= 1ULL << (f - flags);
+    return flag_set(cfg, f, value, src, err);
+}
+
+static bool check_command(const srv_config_t *cfg, uint64_t given, FILE *err)
+{
+    for (size_t i = 0; i < N_FLAGS; i++)
+        if ((given >> i & 1) && !(flags[i].cmds & cfg->cmd)) {
+            fprintf(err, "adapterd: flag --%s does not apply to %s\n", flags[i].name,
+                    cfg->cmd == SRV_CMD_SERVE ? "serve" : "import");
+            return false;
+        }
+    if (cfg->cmd == SRV_CMD_IMPORT) {
+        if (!cfg->import_dir) {
+            fprintf(err, "adapterd: import needs the adapter folder: adapterd import DIR "
+                         "--name NAME\n");
+            return false;
+        }
+        if (!cfg->name[0]) {
+            fprintf(err, "adapterd: import needs --name NAME\n");
+            return false;
+        }
+    }
+    return true;
+}
+
+int srv_flags_parse(srv_config_t *cfg, int argc, char **argv, FILE *out, FILE *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->cmd = SRV_CMD_SERVE;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            srv_flags_print_help(out);
+            return 0;
+        }
+        if (strcmp(argv[i], "--help-markdown") == 0) {
+            srv_flags_print_markdown(out);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            fprintf(out, "adapterd %s\n", SRV_VERSION);
+            return 0;
+        }
+    }
+    if (!apply_defaults_and_env(cfg, err))
+        return 2;
+    int n_pos = 0;
+    uint64_t given = 0; /* bit i: flags[i] was on the command line */
+    for (int i = 1; i < argc; i++) {
+        bool ok = strncmp(argv[i], "--", 2) == 0 && argv[i][2]
+                      ? take_flag(cfg, argc, argv, &i, &given, err)
+                      : take_positional(cfg, argv[i], &n_pos, err);
+        if (!ok)
+            return 2;
+    }
+    if (!check_command(cfg, given, err))
+        return 2;
+    return -1;
+}
+
+static void flag_usage(const flag_t *f, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "--%s %s", f->name, f->metavar);
+}
+
+void srv_flags_print_help(FILE *out)
+{
+    fputs(usage, out);
+    fputs("\nflags (default, environment variable):\n", out);
+    for (size_t i = 0; i < N_FLAGS; i++) {
+        const flag_t *f = &flags[i];
+        char use[64], env[96];
+        flag_usage(f, use, sizeof use);
+        env_name(f, env, sizeof env);
+        fprintf(out, "  %-32s %s\n", use, f->help);
+        fprintf(out, "  %-32s (default: %s%s%s, env: %s)\n", "", f->def[0] ? "" : "none", f->def,
+                f->cmds == IMPORT ? "; import only" : "", env);
+    }
+    fputs("  --help, --help-markdown, --version\n", out);
+}
+
+void srv_flags_print_markdown(FILE *out)
+{
+    fputs("| flag | environment variable | default | commands | meaning |\n", out);
+    fputs("| --- | --- | --- | --- | --- |\n", out);
+    for (size_t i = 0; i < N_FLAGS; i++) {
+        const flag_t *f = &flags[i];
+        char env[96];
+        env_name(f, env, sizeof env);
+        const char *cmds = f->cmds == BOTH    ? "serve, import"
+                           : f->cmds == SERVE ? "serve"
+                                              : "import";
+        fprintf(out, "| `--%s %s` | `%s` | %s%s%s | %s | %s |\n", f->name, f->metavar, env,
+                f->def[0] ? "`" : "(none)", f->def, f->def[0] ? "`" : "", cmds, f->help);
+    }
+}

@@ -1,0 +1,67 @@
+/* flags.h - the command line of adapterd: one option table, three sources.
+ *
+ * Every option is one row of a static table (flags.c): name, type, default, range, the
+ * commands it applies to and a help line. A value comes from, in order of precedence, the
+ * flag (--name VALUE or --name=VALUE), the environment variable ADAPTERD_<NAME> (upper
+ * case, '-' -> '_'), or the table's default. `--help` and `--help-markdown` are printed
+ * from the same table, so the documentation cannot drift from the parser.
+ *
+ * Commands: `adapterd [serve] [flags]` (the default) and
+ * `adapterd import DIR --name NAME [flags]`.
+ *
+ * Threads: main thread, before anything else starts. Ownership: string values in
+ * srv_config_t point into argv, the environment or static defaults; they live as long as
+ * the process. */
+#ifndef SERVER_FLAGS_H
+#define SERVER_FLAGS_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define SRV_VERSION "0.1.0"
+
+typedef enum { SRV_CMD_SERVE = 1, SRV_CMD_IMPORT = 2 } srv_cmd_t;
+
+enum { SRV_LOG_ERROR, SRV_LOG_WARN, SRV_LOG_INFO, SRV_LOG_DEBUG };
+
+typedef struct {
+    srv_cmd_t cmd;
+    const char *import_dir; /* import: the PEFT folder (positional) */
+
+    const char *host;
+    int port;
+    const char *model_dir;
+    const char *model_name;   /* "" = the model folder's base name */
+    const char *adapters_dir; /* "" = none */
+    const char *data_dir;
+    const char *name; /* import: the adapter's name */
+    int threads;
+
+    size_t max_body_bytes;
+    size_t max_header_bytes;
+    size_t max_request_line_bytes;
+    int max_headers;
+    int header_timeout_ms;
+    int body_timeout_ms;
+    int idle_timeout_ms;
+    int max_connections;
+    int max_keepalive_requests;
+    int drain_timeout_ms;
+    size_t max_write_buffer_bytes;
+
+    int max_batch_tokens;
+    int max_seqs;
+    int log_level; /* SRV_LOG_* */
+} srv_config_t;
+
+/* Fill cfg from defaults, the environment (env may be NULL: use the process environment)
+ * and argv. Returns -1 when the caller should go on with cfg->cmd; otherwise the exit
+ * status: 0 after --help / --help-markdown / --version (printed to out), 2 after a bad
+ * flag, value or command (a message naming it printed to err). */
+int srv_flags_parse(srv_config_t *cfg, int argc, char **argv, FILE *out, FILE *err);
+
+/* The help text / the Markdown table of every option (used by --help, docs). */
+void srv_flags_print_help(FILE *out);
+void srv_flags_print_markdown(FILE *out);
+
+#endif

@@ -1,0 +1,1335 @@
+/* http.c - HTTP/1.1 connections on the loop thread (policy in http.h).
+ *
+ * A connection moves through: IDLE (waiting for a request's first byte) -> HEAD (pre-scan +
+ * llhttp) -> BODY -> BUSY (handed to the handler, parsing paused) -> IDLE again, or
+ * FINISHING (last response flushing) -> LINGER (write side shut, input discarded) -> CLOSED
+ * (uv_close called). It is freed in its close callbacks, and never while a request is
+ * active (between dispatch and the loop running that request's end()).
+ *
+ * Invariants: at most one request per connection is active, so sink messages of one
+ * connection never interleave; bytes after a framing error are never parsed; unparsed
+ * input is bounded (reading stops while BUSY once the buffer is full). */
+#include "server/http.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "llhttp.h"
+
+#define IN_MIN_FREE 4096
+#define IN_EXTRA (64 * 1024) /* input buffer beyond max_header_bytes (pipelined bytes) */
+#define LINGER_MAX_BYTES (1 << 20)
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} buf_t;
+
+typedef enum {
+    CONN_IDLE,
+    CONN_HEAD,
+    CONN_BODY,
+    CONN_BUSY,
+    CONN_FINISHING,
+    CONN_LINGER,
+    CONN_CLOSED
+} conn_state_t;
+
+/* The strict pre-scan of a request head (see scan_head). */
+typedef struct {
+    size_t head_bytes; /* bytes of this head so far */
+    size_t line_len;   /* bytes of the current line, without CRLF */
+    size_t n_lines;    /* complete non-empty lines: request line + fields */
+    bool cr;           /* the previous byte was CR */
+    bool in_name;      /* inside a field name (before its colon) */
+} scan_t;
+
+typedef struct {
+    buf_t url;
+    buf_t field, value; /* the header being parsed; spans may arrive in pieces */
+    buf_t content_type;
+    const char *path, *query; /* into url, set when the head is complete */
+    char request_id[SRV_REQUEST_ID_MAX + 1];
+    int n_host, n_content_type;
+    bool expect_continue;
+    char *body;
+    size_t body_len, body_cap;
+} req_t;
+
+typedef struct srv_conn srv_conn_t;
+
+struct srv_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown;
+    srv_http_t *http;
+    srv_conn_t *prev, *next;
+    conn_state_t state;
+    int n_open_handles; /* tcp + timer until their close callbacks ran */
+    unsigned n_writes;  /* uv_write requests in flight */
+    bool reading, peer_eof, in_parse;
+    bool req_active; /* dispatched, its end() not yet run on the loop */
+    bool keep_alive; /* for the current request */
+    bool is_head;    /* HEAD request: the response has no body */
+    int n_requests;
+    uint64_t head_start; /* uv_now when the current head's first byte arrived */
+    uint64_t t_dispatch; /* uv_hrtime at dispatch, for the access log */
+    size_t n_discarded;  /* bytes thrown away while lingering */
+
+    char *in; /* input; [in_pos, in_len) not parsed yet */
+    size_t in_pos, in_len, in_cap;
+    bool scanning_head;
+    scan_t scan;
+    llhttp_t parser;
+    req_t req;
+    int err_status; /* set by parser callbacks that refuse a request */
+    const char *err_code;
+    char err_msg[160];
+
+    api_sink_t sink;
+    api_job_t *job;
+    srv_msg_t end_msg; /* end() never allocates, so a connection always learns of it */
+    atomic_bool sink_failed;
+    bool resp_begun, resp_streaming, resp_chunked;
+    int resp_status;
+    size_t resp_bytes;
+    char *resp_ct, *resp_extra;
+    buf_t resp_body;
+};
+
+struct srv_http {
+    uv_loop_t *loop;
+    srv_hop_t *hop;
+    srv_http_limits_t lim;
+    srv_handler_t handler;
+    llhttp_settings_t settings;
+    uv_tcp_t listener;
+    bool listening, listener_closed, draining;
+    srv_conn_t *conns; /* every allocated connection */
+    size_t n_conns;
+    uint64_t id_seed, id_counter;
+};
+
+/* One sink call carried to the loop thread. */
+typedef enum { OP_BEGIN, OP_WRITE } op_kind_t;
+typedef struct {
+    srv_msg_t msg;
+    op_kind_t kind;
+    srv_conn_t *conn;
+    int status;
+    bool streaming;
+    char *content_type, *extra; /* BEGIN: point into data[] (or NULL) */
+    size_t len;
+    char data[];
+} op_t;
+
+static void conn_parse(srv_conn_t *c);
+static void conn_close(srv_conn_t *c);
+static void conn_finish(srv_conn_t *c);
+static void conn_arm_timer(srv_conn_t *c);
+static void conn_update_reading(srv_conn_t *c);
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static bool buf_add(buf_t *b, const void *data, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return false;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return true;
+}
+
+static bool buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool buf_printf(buf_t *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return false; /* only used for short, fixed-shape lines */
+    return buf_add(b, tmp, (size_t)n);
+}
+
+#define BUF_LIT(b, lit) buf_add(b, lit, sizeof(lit) - 1)
+
+static void buf_clear(buf_t *b)
+{
+    b->len = 0;
+    if (b->p)
+        b->p[0] = '\0';
+}
+
+static void buf_free(buf_t *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+size_t srv_json_escape(char *dst, size_t cap, const char *s)
+{
+    size_t n = 0;
+    if (cap == 0)
+        return 0;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[8];
+        size_t k;
+        if (ch == '"' || ch == '\\')
+            k = (size_t)snprintf(esc, sizeof esc, "\\%c", ch);
+        else if (ch < 0x20 || ch == 0x7f)
+            k = (size_t)snprintf(esc, sizeof esc, "\\u%04x", ch);
+        else
+            esc[0] = (char)ch, k = 1;
+        if (n + k >= cap)
+            break;
+        memcpy(dst + n, esc, k);
+        n += k;
+    }
+    dst[n] = '\0';
+    return n;
+}
+
+/* clang-format off */
+static const struct {
+    int status;
+    const char *reason;
+} reasons[] = {
+    {100, "Continue"}, {200, "OK"}, {201, "Created"}, {202, "Accepted"}, {204, "No Content"},
+    {400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"}, {404, "Not Found"},
+    {405, "Method Not Allowed"}, {408, "Request Timeout"}, {409, "Conflict"},
+    {411, "Length Required"}, {413, "Content Too Large"}, {414, "URI Too Long"},
+    {415, "Unsupported Media Type"}, {417, "Expectation Failed"},
+    {422, "Unprocessable Content"}, {424, "Failed Dependency"}, {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
+    {501, "Not Implemented"}, {503, "Service Unavailable"},
+    {505, "HTTP Version Not Supported"}, {507, "Insufficient Storage"},
+};
+/* clang-format on */
+
+static const char *status_reason(int status)
+{
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+        if (reasons[i].status == status)
+            return reasons[i].reason;
+    return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+}
+
+/* IMF-fixdate of now, cached per second (loop thread only). */
+static const char *http_date(void)
+{
+    static char date[40];
+    static time_t last = -1;
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        last = now;
+    }
+    return date;
+}
+
+/* Keep [A-Za-z0-9._:-] of a client's X-Request-Id, at most SRV_REQUEST_ID_MAX chars. */
+static void request_id_sanitize(char *dst, const char *src, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n < SRV_REQUEST_ID_MAX; i++) {
+        char ch = src[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '.' || ch == '_' || ch == ':' || ch == '-')
+            dst[n++] = ch;
+    }
+    dst[n] = '\0';
+}
+
+/* "req-" + 16 hex digits: splitmix64 of a random seed plus a counter (unique per process,
+ * unpredictable across processes). */
+static void request_id_generate(srv_http_t *h, char *dst)
+{
+    uint64_t z = h->id_seed + ++h->id_counter * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    snprintf(dst, SRV_REQUEST_ID_MAX + 1, "req-%016llx", (unsigned long long)z);
+}
+
+/* ---- writing ------------------------------------------------------------------------- */
+
+typedef struct {
+    uv_write_t req;
+    srv_conn_t *conn;
+    char data[];
+} wreq_t;
+
+static void on_write(uv_write_t *req, int status)
+{
+    wreq_t *w = (wreq_t *)req;
+    srv_conn_t *c = w->conn;
+    free(w);
+    c->n_writes--;
+    if (status < 0) {
+        if (c->state != CONN_CLOSED) {
+            srv_log(SRV_LOG_DEBUG, "write failed: %s", uv_strerror(status));
+            conn_close(c);
+        }
+        return;
+    }
+    if (c->state == CONN_FINISHING && c->n_writes == 0)
+        conn_finish(c);
+}
+
+/* Queue the n parts as one write (copied). Closes the connection when it cannot (out of
+ * memory, broken socket) or when the client lets more than max_write_buffer_bytes pile
+ * up. */
+static void conn_sendv(srv_conn_t *c, const uv_buf_t *parts, size_t n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += parts[i].len;
+    if (c->state == CONN_CLOSED || c->state == CONN_LINGER || total == 0)
+        return;
+    wreq_t *w = malloc(sizeof *w + total);
+    if (!w) {
+        conn_close(c);
+        return;
+    }
+    w->conn = c;
+    for (size_t i = 0, off = 0; i < n; off += parts[i].len, i++)
+        if (parts[i].len)
+            memcpy(w->data + off, parts[i].base, parts[i].len);
+    uv_buf_t buf = uv_buf_init(w->data, (unsigned)total);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+    if (rc < 0) {
+        free(w);
+        conn_close(c);
+        return;
+    }
+    c->n_writes++;
+    c->resp_bytes += total;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >
+        c->http->lim.max_write_buffer_bytes) {
+        srv_log(SRV_LOG_WARN, "client does not read its response; dropping the connection");
+        conn_close(c);
+    }
+}
+
+static void conn_send(srv_conn_t *c, const char *a, size_t an, const char *b, size_t bn)
+{
+    uv_buf_t parts[2] = {uv_buf_init((char *)a, (unsigned)an),
+                         uv_buf_init((char *)b, (unsigned)bn)};
+    conn_sendv(c, parts, 2);
+}
+
+/* The status line and the headers every response carries. */
+static bool head_start(srv_conn_t *c, buf_t *h, int status, const char *content_type)
+{
+    bool ok = buf_printf(h, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: adapterd\r\n", status,
+                         status_reason(status), http_date());
+    if (ok && content_type) {
+        ok = BUF_LIT(h, "Content-Type: ");
+        for (const char *p = content_type; ok && *p; p++) /* never let CR/LF through */
+            if (*p != '\r' && *p != '\n')
+                ok = buf_add(h, p, 1);
+        ok = ok && BUF_LIT(h, "\r\n");
+    }
+    ok = ok && buf_printf(h, "X-Request-Id: %s\r\n", c->req.request_id);
+    if (ok && !c->keep_alive)
+        ok = BUF_LIT(h, "Connection: close\r\n");
+    else if (ok && llhttp_get_http_minor(&c->parser) == 0)
+        ok = BUF_LIT(h, "Connection: keep-alive\r\n");
+    return ok;
+}
+
+/* A complete error response on the loop thread, independent of the handler (framing
+ * errors have no request to hand over). The connection closes after it. */
+static void conn_send_error(srv_conn_t *c, int status, const char *code, const char *message)
+{
+    char msg[512], body[768];
+    srv_json_escape(msg, sizeof msg, message);
+    int n = snprintf(body, sizeof body,
+                     "{\"error\": {\"message\": \"%s\", \"type\": \"invalid_request_error\", "
+                     "\"code\": \"%s\"}}\n",
+                     msg, code);
+    size_t body_len = n < 0 ? 0 : (size_t)n < sizeof body ? (size_t)n : sizeof body - 1;
+    if (!c->req.request_id[0])
+        request_id_generate(c->http, c->req.request_id);
+    c->keep_alive = false;
+    buf_t h = {0};
+    if (head_start(c, &h, status, "application/json") &&
+        buf_printf(&h, "Content-Length: %zu\r\n\r\n", body_len))
+        conn_send(c, h.p, h.len, body, body_len);
+    buf_free(&h);
+    srv_log(SRV_LOG_INFO, "%d %s (%s) id=%s", status, code, message, c->req.request_id);
+}
+
+/* Refuse the request being parsed: error response, then close. No byte of this
+ * connection is parsed after this. */
+static void conn_fail(srv_conn_t *c, int status, const char *code, const char *message)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    c->in_pos = c->in_len;
+    conn_send_error(c, status, code, message);
+    conn_finish(c);
+}
+
+/* ---- the strict pre-scan --------------------------------------------------------------- */
+
+typedef enum { SCAN_MORE, SCAN_END, SCAN_ERROR } scan_rc_t;
+
+/* RFC 9110 tchar: the only bytes allowed in a field name. */
+static bool is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+static scan_rc_t scan_fail(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static scan_rc_t scan_fail(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    va_end(ap);
+    c->err_status = status;
+    c->err_code = code;
+    return SCAN_ERROR;
+}
+
+/* The LF of a CRLF: a line is complete. */
+static scan_rc_t scan_line_end(srv_conn_t *c, scan_t *s)
+{
+    if (s->line_len == 0 && s->n_lines > 0)
+        return SCAN_END; /* the blank line that ends the head */
+    if (s->line_len > 0 && s->in_name)
+        return scan_fail(c, 400, "bad_request", "header line without a colon");
+    if (s->line_len > 0 && ++s->n_lines - 1 > (size_t)c->http->lim.max_headers)
+        return scan_fail(c, 431, "too_many_headers", "more than %d header fields",
+                         c->http->lim.max_headers);
+    s->line_len = 0; /* leading empty lines before the request line are skipped */
+    s->in_name = false;
+    return SCAN_MORE;
+}
+
+/* One byte of a line (not CR or LF). */
+static scan_rc_t scan_line_byte(srv_conn_t *c, scan_t *s, unsigned char ch)
+{
+    const srv_http_limits_t *lim = &c->http->lim;
+    if (ch == '\n')
+        return scan_fail(c, 400, "bad_request", "bare LF in the request head (use CRLF)");
+    if (s->line_len == 0 && s->n_lines > 0 && (ch == ' ' || ch == '\t'))
+        return scan_fail(c, 400, "bad_request", "obsolete line folding in a header field");
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+        return scan_fail(c, 400, "bad_request", "control character in the request head");
+    if (s->n_lines > 0) { /* field line: tchar+ ":" value (RFC 9112 5.1) */
+        if (s->line_len == 0)
+            s->in_name = true;
+        if (s->in_name && ch == ':' && s->line_len > 0)
+            s->in_name = false;
+        else if (s->in_name && !is_tchar(ch))
+            return scan_fail(c, 400, "bad_request",
+                             "invalid character in a header field name (no space before ':')");
+    }
+    if (++s->line_len > lim->max_request_line_bytes && s->n_lines == 0)
+        return scan_fail(c, 414, "uri_too_long", "request line is longer than %zu bytes",
+                         lim->max_request_line_bytes);
+    return SCAN_MORE;
+}
+
+/* Scan up to n bytes of a request head. OUT: *used = bytes that belong to the head (all of
+ * them unless SCAN_END: up to and including the blank line's LF). On SCAN_ERROR the
+ * connection's err_* fields say what to answer. Leading empty lines before the request
+ * line are tolerated (RFC 9112 2.2), but count towards the head limit. */
+static scan_rc_t scan_head(srv_conn_t *c, const char *p, size_t n, size_t *used)
+{
+    scan_t *s = &c->scan;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        scan_rc_t rc;
+        if (++s->head_bytes > c->http->lim.max_header_bytes)
+            return scan_fail(c, 431, "headers_too_large", "request head is larger than %zu bytes",
+                             c->http->lim.max_header_bytes);
+        if (s->cr) {
+            s->cr = false;
+            rc = ch == '\n' ? scan_line_end(c, s)
+                            : scan_fail(c, 400, "bad_request", "bare CR in the request head");
+        } else if (ch == '\r') {
+            s->cr = true;
+            rc = SCAN_MORE;
+        } else {
+            rc = scan_line_byte(c, s, ch);
+        }
+        if (rc != SCAN_MORE) {
+            *used = i + 1;
+            return rc;
+        }
+    }
+    *used = n;
+    return SCAN_MORE;
+}
+
+/* ---- llhttp callbacks -------------------------------------------------------------------- */
+
+static int refuse(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int refuse(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    va_end(ap);
+    c->err_status = status;
+    c->err_code = code;
+    return HPE_USER;
+}
+
+static int nomem(srv_conn_t *c)
+{
+    return refuse(c, 503, "out_of_memory", "out of memory while reading the request");
+}
+
+static void req_reset(req_t *r)
+{
+    buf_clear(&r->url);
+    buf_clear(&r->field);
+    buf_clear(&r->value);
+    buf_clear(&r->content_type);
+    r->path = r->query = NULL;
+    r->request_id[0] = '\0';
+    r->n_host = r->n_content_type = 0;
+    r->expect_continue = false;
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    srv_conn_t *c = p->data;
+    req_reset(&c->req);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    srv_conn_t *c = p->data;
+    return buf_add(&c->req.url, at, n) ? 0 : nomem(c);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    srv_conn_t *c = p->data;
+    return buf_add(&c->req.field, at, n) ? 0 : nomem(c);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    srv_conn_t *c = p->data;
+    return buf_add(&c->req.value, at, n) ? 0 : nomem(c);
+}
+
+static bool field_is(const buf_t *f, const char *name)
+{
+    return f->len == strlen(name) && strncasecmp(f->p, name, f->len) == 0;
+}
+
+/* One complete header field: note the few that the server itself acts on. */
+static int on_header_value_complete(llhttp_t *p)
+{
+    srv_conn_t *c = p->data;
+    req_t *r = &c->req;
+    const char *v = r->value.p ? r->value.p : "";
+    int rc = 0;
+    if (field_is(&r->field, "host")) {
+        r->n_host++;
+    } else if (field_is(&r->field, "content-type")) {
+        if (++r->n_content_type > 1)
+            rc = refuse(c, 400, "bad_request", "duplicate Content-Type header");
+        else if (!buf_add(&r->content_type, v, r->value.len))
+            rc = nomem(c);
+    } else if (field_is(&r->field, "x-request-id")) {
+        if (!r->request_id[0])
+            request_id_sanitize(r->request_id, v, r->value.len);
+    } else if (field_is(&r->field, "expect")) {
+        if (strcasecmp(v, "100-continue") != 0)
+            rc = refuse(c, 417, "expectation_failed", "unsupported Expect header");
+        r->expect_continue = true;
+    }
+    buf_clear(&r->field);
+    buf_clear(&r->value);
+    return rc;
+}
+
+/* Split the request target into path and query; accepts origin-form ("/p?q") and
+ * absolute-form ("http://host/p?q", RFC 9112 3.2.2). Refuses dot segments, so no route
+ * or name lookup ever sees "..". */
+static int url_split(srv_conn_t *c)
+{
+    req_t *r = &c->req;
+    char *u = r->url.p ? r->url.p : "";
+    if (strncasecmp(u, "http://", 7) == 0 || strncasecmp(u, "https://", 8) == 0) {
+        static char root[] = "/";
+        char *slash = strchr(strstr(u, "//") + 2, '/');
+        u = slash ? slash : root;
+    }
+    if (u[0] != '/')
+        return refuse(c, 400, "bad_request", "request target must start with '/'");
+    char *hash = strchr(u, '#');
+    if (hash)
+        *hash = '\0';
+    char *q = strchr(u, '?');
+    if (q)
+        *q++ = '\0';
+    for (const char *s = u; (s = strstr(s, "/.")) != NULL; s++)
+        if (s[2] == '/' || s[2] == '\0' || (s[2] == '.' && (s[3] == '/' || s[3] == '\0')))
+            return refuse(c, 400, "bad_request", "dot segments are not allowed in the path");
+    r->path = u;
+    r->query = q;
+    return 0;
+}
+
+static int check_head(srv_conn_t *c, llhttp_t *p)
+{
+    const srv_http_limits_t *lim = &c->http->lim;
+    if (p->http_major == 0)
+        return refuse(c, 400, "bad_request", "HTTP/0.9 requests are not supported");
+    if (p->http_major != 1 || p->http_minor > 1)
+        return refuse(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1");
+    if (c->req.n_host > 1)
+        return refuse(c, 400, "bad_request", "more than one Host header");
+    if (p->http_minor == 1 && c->req.n_host == 0)
+        return refuse(c, 400, "bad_request", "HTTP/1.1 requests need a Host header");
+    if (p->flags & F_TRANSFER_ENCODING)
+        return refuse(c, 411, "length_required",
+                      "Content-Length required: Transfer-Encoding is not accepted on requests");
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > lim->max_body_bytes)
+        return refuse(c, 413, "body_too_large",
+                      "request body of %llu bytes is larger than the limit of %zu bytes",
+                      (unsigned long long)p->content_length, lim->max_body_bytes);
+    return url_split(c);
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    srv_conn_t *c = p->data;
+    if (check_head(c, p) != 0)
+        return -1;
+    if (!c->req.request_id[0])
+        request_id_generate(c->http, c->req.request_id);
+    c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
+    c->is_head = p->method == HTTP_HEAD;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0) {
+        c->req.body_cap = (size_t)p->content_length;
+        c->req.body = malloc(c->req.body_cap);
+        if (!c->req.body) {
+            nomem(c);
+            return -1;
+        }
+        c->state = CONN_BODY;
+        conn_arm_timer(c);
+        if (c->req.expect_continue && p->http_minor == 1)
+            conn_send(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, 0);
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    srv_conn_t *c = p->data;
+    req_t *r = &c->req;
+    if (n > r->body_cap - r->body_len) /* llhttp enforces Content-Length; belt and braces */
+        return refuse(c, 413, "body_too_large", "request body is larger than announced");
+    memcpy(r->body + r->body_len, at, n);
+    r->body_len += n;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED; /* answered one at a time: conn_parse dispatches, then resumes */
+}
+
+/* ---- requests and responses ------------------------------------------------------------- */
+
+static void resp_reset(srv_conn_t *c)
+{
+    free(c->resp_ct);
+    free(c->resp_extra);
+    c->resp_ct = c->resp_extra = NULL;
+    buf_free(&c->resp_body);
+    c->resp_begun = c->resp_streaming = c->resp_chunked = false;
+    c->resp_status = 0;
+    c->resp_bytes = 0;
+    atomic_store(&c->sink_failed, false);
+}
+
+static void conn_dispatch(srv_conn_t *c)
+{
+    srv_http_t *h = c->http;
+    c->state = CONN_BUSY;
+    uv_timer_stop(&c->timer);
+    c->req_active = true;
+    c->t_dispatch = uv_hrtime();
+    if (++c->n_requests >= h->lim.max_keepalive_requests || h->draining)
+        c->keep_alive = false;
+    resp_reset(c);
+    api_request_t req = {
+        .method = llhttp_method_name((llhttp_method_t)c->parser.method),
+        .path = c->req.path,
+        .query = c->req.query,
+        .body = c->req.body,
+        .body_len = c->req.body_len,
+        .content_type = c->req.n_content_type ? c->req.content_type.p : NULL,
+        .request_id = c->req.request_id,
+    };
+    c->job = NULL;
+    h->handler.handle(h->handler.ctx, &req, &c->sink, &c->job);
+    free(c->req.body); /* the handler copied what it keeps */
+    c->req.body = NULL;
+    c->req.body_len = c->req.body_cap = 0;
+    srv_hop_drain(h->hop);
+}
+
+static void resp_begin(srv_conn_t *c, const op_t *op)
+{
+    c->resp_begun = true;
+    c->resp_status = op->status;
+    c->resp_streaming = op->streaming;
+    c->resp_ct = op->content_type ? strdup(op->content_type) : NULL;
+    c->resp_extra = op->extra ? strdup(op->extra) : NULL;
+    if ((op->content_type && !c->resp_ct) || (op->extra && !c->resp_extra)) {
+        conn_close(c);
+        return;
+    }
+    if (!op->streaming)
+        return;
+    /* HTTP/1.0 has no chunked encoding: the body then ends with the connection. */
+    c->resp_chunked = llhttp_get_http_minor(&c->parser) == 1;
+    if (!c->resp_chunked)
+        c->keep_alive = false;
+    buf_t h = {0};
+    bool ok = head_start(c, &h, op->status, op->content_type) &&
+              BUF_LIT(&h, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") &&
+              (!c->resp_chunked || BUF_LIT(&h, "Transfer-Encoding: chunked\r\n")) &&
+              (!c->resp_extra || buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
+              BUF_LIT(&h, "\r\n");
+    if (ok)
+        conn_send(c, h.p, h.len, NULL, 0);
+    else
+        conn_close(c);
+    buf_free(&h);
+}
+
+static void resp_write(srv_conn_t *c, const op_t *op)
+{
+    if (!c->resp_begun) {
+        conn_close(c); /* the handler broke the sink contract; drop rather than guess */
+        return;
+    }
+    if (op->len == 0)
+        return;               /* a zero-length chunk would end the stream */
+    if (!c->resp_streaming) { /* kept for HEAD too: its Content-Length is the GET's */
+        if (!buf_add(&c->resp_body, op->data, op->len))
+            conn_close(c);
+        return;
+    }
+    if (c->is_head)
+        return;
+    if (!c->resp_chunked) {
+        conn_send(c, op->data, op->len, NULL, 0);
+        return;
+    }
+    char frame[24];
+    int n = snprintf(frame, sizeof frame, "%zx\r\n", op->len);
+    uv_buf_t parts[3] = {uv_buf_init(frame, (unsigned)n),
+                         uv_buf_init((char *)op->data, (unsigned)op->len), uv_buf_init("\r\n", 2)};
+    conn_sendv(c, parts, 3);
+}
+
+static void resp_end(srv_conn_t *c)
+{
+    if (atomic_load(&c->sink_failed)) {
+        conn_close(c); /* a sink message was lost: the response cannot be completed */
+        return;
+    }
+    if (!c->resp_begun) {
+        conn_send_error(c, 500, "internal_error", "the handler ended without a response");
+        return;
+    }
+    if (c->resp_streaming) {
+        if (c->resp_chunked && !c->is_head)
+            conn_send(c, "0\r\n\r\n", 5, NULL, 0);
+        return;
+    }
+    buf_t h = {0};
+    bool ok = head_start(c, &h, c->resp_status, c->resp_ct) &&
+              buf_printf(&h, "Content-Length: %zu\r\n", c->resp_body.len) &&
+              (!c->resp_extra || buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
+              BUF_LIT(&h, "\r\n");
+    if (ok)
+        conn_send(c, h.p, h.len, c->is_head ? NULL : c->resp_body.p,
+                  c->is_head ? 0 : c->resp_body.len);
+    else
+        conn_close(c);
+    buf_free(&h);
+}
+
+static void conn_free(srv_conn_t *c)
+{
+    srv_http_t *h = c->http;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    h->n_conns--;
+    req_reset(&c->req);
+    buf_free(&c->req.url);
+    buf_free(&c->req.field);
+    buf_free(&c->req.value);
+    buf_free(&c->req.content_type);
+    resp_reset(c);
+    free(c->in);
+    free(c);
+}
+
+/* The request's end() reached the loop: finish the response, release the job, then go
+ * on with the next pipelined request or close. */
+static void on_end_msg(srv_msg_t *m)
+{
+    srv_conn_t *c = (srv_conn_t *)((char *)m - offsetof(srv_conn_t, end_msg));
+    srv_http_t *h = c->http;
+    if (c->state == CONN_BUSY)
+        resp_end(c);
+    c->req_active = false;
+    if (c->job)
+        h->handler.free_job(h->handler.ctx, c->job);
+    c->job = NULL;
+    if (srv_log_enabled(SRV_LOG_INFO))
+        srv_log(SRV_LOG_INFO, "%s %s %d %zuB %.1fms id=%s%s",
+                llhttp_method_name((llhttp_method_t)c->parser.method),
+                c->req.path ? c->req.path : "?", c->resp_status ? c->resp_status : 500,
+                c->resp_bytes, (double)(uv_hrtime() - c->t_dispatch) / 1e6, c->req.request_id,
+                c->state == CONN_CLOSED ? " (client gone)" : "");
+    resp_reset(c);
+    if (c->state == CONN_CLOSED) {
+        if (c->n_open_handles == 0)
+            conn_free(c);
+        return;
+    }
+    if (c->state != CONN_BUSY)
+        return;
+    if (!c->keep_alive || h->draining || c->peer_eof) {
+        c->in_pos = c->in_len; /* what follows a last request is never parsed */
+        conn_finish(c);
+        return;
+    }
+    c->state = CONN_IDLE;
+    c->scanning_head = true;
+    memset(&c->scan, 0, sizeof c->scan);
+    llhttp_resume(&c->parser);
+    conn_parse(c); /* returns at once when an outer conn_parse of c is running */
+}
+
+/* ---- the sink: any thread ---------------------------------------------------------------- */
+
+static void on_op_msg(srv_msg_t *m)
+{
+    op_t *op = (op_t *)m;
+    srv_conn_t *c = op->conn;
+    if (c->state == CONN_BUSY) {
+        if (op->kind == OP_BEGIN)
+            resp_begin(c, op);
+        else
+            resp_write(c, op);
+    }
+    free(op);
+}
+
+static op_t *op_new(srv_conn_t *c, op_kind_t kind, size_t extra_bytes)
+{
+    op_t *op = malloc(sizeof *op + extra_bytes);
+    if (!op) {
+        atomic_store(&c->sink_failed, true);
+        return NULL;
+    }
+    memset(op, 0, sizeof *op);
+    op->msg.run = on_op_msg;
+    op->kind = kind;
+    op->conn = c;
+    return op;
+}
+
+static void sink_begin(void *self, int status, const char *content_type, bool streaming,
+                       const char *extra_headers)
+{
+    srv_conn_t *c = self;
+    size_t nct = content_type ? strlen(content_type) + 1 : 0;
+    size_t nex = extra_headers ? strlen(extra_headers) + 1 : 0;
+    op_t *op = op_new(c, OP_BEGIN, nct + nex);
+    if (!op)
+        return;
+    op->status = status;
+    op->streaming = streaming;
+    if (content_type)
+        op->content_type = memcpy(op->data, content_type, nct);
+    if (extra_headers)
+        op->extra = memcpy(op->data + nct, extra_headers, nex);
+    srv_hop_post(c->http->hop, &op->msg);
+}
+
+static void sink_write(void *self, const char *data, size_t len)
+{
+    srv_conn_t *c = self;
+    op_t *op = op_new(c, OP_WRITE, len);
+    if (!op)
+        return;
+    op->len = len;
+    if (len)
+        memcpy(op->data, data, len);
+    srv_hop_post(c->http->hop, &op->msg);
+}
+
+static void sink_end(void *self)
+{
+    srv_conn_t *c = self;
+    srv_hop_post(c->http->hop, &c->end_msg);
+}
+
+/* ---- parsing ------------------------------------------------------------------------------ */
+
+/* Feed buffered input to the pre-scan and llhttp until a request is complete (then
+ * dispatch it), the input runs out, or the connection fails. */
+static bool conn_parse_step(srv_conn_t *c)
+{
+    const char *p = c->in + c->in_pos;
+    size_t n = c->in_len - c->in_pos;
+    if (c->state == CONN_IDLE) {
+        req_reset(&c->req); /* an error before llhttp's message_begin must not reuse ids */
+        c->state = CONN_HEAD;
+        c->head_start = uv_now(c->http->loop);
+        conn_arm_timer(c);
+    }
+    if (c->scanning_head) {
+        scan_rc_t rc = scan_head(c, p, n, &n);
+        if (rc == SCAN_ERROR) {
+            conn_fail(c, c->err_status, c->err_code, c->err_msg);
+            return false;
+        }
+        if (rc == SCAN_END)
+            c->scanning_head = false;
+    }
+    c->err_status = 0;
+    llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
+    if (c->state == CONN_CLOSED)
+        return false; /* a write inside a callback (100 Continue) failed */
+    if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+        c->in_pos += (size_t)(llhttp_get_error_pos(&c->parser) - p);
+        conn_dispatch(c);
+        return true;
+    }
+    if (e != HPE_OK) {
+        if (c->err_status)
+            conn_fail(c, c->err_status, c->err_code, c->err_msg);
+        else
+            conn_fail(c, 400, "bad_request", llhttp_get_error_reason(&c->parser));
+        return false;
+    }
+    c->in_pos += n;
+    return true;
+}
+
+static void conn_parse(srv_conn_t *c)
+{
+    if (c->in_parse)
+        return;
+    c->in_parse = true;
+    while ((c->state == CONN_IDLE || c->state == CONN_HEAD || c->state == CONN_BODY) &&
+           c->in_pos < c->in_len && conn_parse_step(c)) {
+    }
+    if (c->in_pos == c->in_len)
+        c->in_pos = c->in_len = 0;
+    c->in_parse = false;
+    if (c->state == CONN_IDLE || c->state == CONN_BUSY)
+        conn_arm_timer(c);
+    conn_update_reading(c);
+}
+
+/* ---- reading, timers, closing ------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    srv_conn_t *c = handle->data;
+    size_t cap_max = c->http->lim.max_header_bytes + IN_EXTRA;
+    if (c->state == CONN_LINGER || c->state == CONN_FINISHING)
+        c->in_pos = c->in_len = 0; /* input is only discarded now */
+    if (c->in_pos > 0 && c->in_cap - c->in_len < IN_MIN_FREE) {
+        memmove(c->in, c->in + c->in_pos, c->in_len - c->in_pos);
+        c->in_len -= c->in_pos;
+        c->in_pos = 0;
+    }
+    if (c->in_cap - c->in_len < IN_MIN_FREE && c->in_cap < cap_max) {
+        size_t cap = c->in_cap ? c->in_cap * 2 : 16384;
+        cap = cap > cap_max ? cap_max : cap;
+        char *p = realloc(c->in, cap);
+        if (p) {
+            c->in = p;
+            c->in_cap = cap;
+        }
+    }
+    *buf = uv_buf_init(c->in + c->in_len, (unsigned)(c->in_cap - c->in_len));
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    srv_conn_t *c = stream->data;
+    if (nread == UV_ENOBUFS) { /* input buffer full while a request is answered */
+        uv_read_stop(stream);
+        c->reading = false;
+        return;
+    }
+    if (nread == UV_EOF) {
+        c->peer_eof = true;
+        if (c->state == CONN_FINISHING) {
+            uv_read_stop(stream);
+            c->reading = false;
+        } else {
+            conn_close(c); /* mid-request, idle, lingering or a job in flight: done */
+        }
+        return;
+    }
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->state == CONN_LINGER || c->state == CONN_FINISHING) {
+        c->n_discarded += (size_t)nread;
+        if (c->n_discarded > LINGER_MAX_BYTES)
+            conn_close(c);
+        return;
+    }
+    c->in_len += (size_t)nread;
+    if (c->state == CONN_BODY)
+        conn_arm_timer(c);
+    conn_parse(c);
+}
+
+static void conn_update_reading(srv_conn_t *c)
+{
+    if (c->state == CONN_CLOSED || c->peer_eof)
+        return;
+    bool full = c->in_len - c->in_pos >= c->http->lim.max_header_bytes + IN_EXTRA - IN_MIN_FREE;
+    if (!c->reading && !full) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = true;
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    srv_conn_t *c = t->data;
+    switch (c->state) {
+    case CONN_HEAD:
+    case CONN_BODY:
+        conn_fail(c, 408, "request_timeout",
+                  c->state == CONN_HEAD ? "request head not received in time"
+                                        : "request body not received in time");
+        break;
+    case CONN_IDLE:
+    case CONN_FINISHING:
+    case CONN_LINGER:
+        conn_close(c);
+        break;
+    default:
+        break;
+    }
+}
+
+static void conn_arm_timer(srv_conn_t *c)
+{
+    const srv_http_limits_t *lim = &c->http->lim;
+    uint64_t now = uv_now(c->http->loop), ms = 0;
+    switch (c->state) {
+    case CONN_IDLE: /* a fresh connection gets the head deadline for its first byte */
+        ms = c->n_requests == 0 ? lim->header_timeout_ms : lim->idle_timeout_ms;
+        break;
+    case CONN_HEAD:
+        ms = c->head_start + lim->header_timeout_ms > now
+                 ? c->head_start + lim->header_timeout_ms - now
+                 : 1;
+        break;
+    case CONN_BODY:
+        ms = lim->body_timeout_ms;
+        break;
+    case CONN_FINISHING: /* the last response must drain: a client that never reads it */
+        ms = lim->idle_timeout_ms;
+        break;
+    case CONN_LINGER: /* shutting down: the response is out, do not wait long for the client */
+        ms = c->http->draining && lim->linger_ms > 200 ? 200 : lim->linger_ms;
+        break;
+    default:
+        uv_timer_stop(&c->timer);
+        return;
+    }
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void on_handle_closed(uv_handle_t *handle)
+{
+    srv_conn_t *c = handle->data;
+    if (--c->n_open_handles == 0 && !c->req_active)
+        conn_free(c);
+}
+
+/* Abortive close: cancel the job (its end() still comes and frees the connection). */
+static void conn_close(srv_conn_t *c)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    c->state = CONN_CLOSED;
+    if (c->req_active && c->job)
+        c->http->handler.cancel(c->http->handler.ctx, c->job);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    srv_conn_t *c = req->data;
+    if (status < 0 && c->state != CONN_CLOSED)
+        conn_close(c);
+}
+
+/* Graceful close: flush the queued writes, shut the write side down, then discard input
+ * until the client closes or linger_ms pass (so the client reads the response, not a
+ * RST caused by unread request bytes). */
+static void conn_finish(srv_conn_t *c)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    c->state = CONN_FINISHING;
+    if (c->n_writes > 0) {
+        conn_arm_timer(c);
+        return; /* on_write calls again when the last write completes */
+    }
+    if (c->peer_eof) {
+        conn_close(c);
+        return;
+    }
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_LINGER;
+    conn_arm_timer(c);
+    conn_update_reading(c);
+}
+
+/* ---- accepting and the server-wide object -------------------------------------------------- */
+
+static void on_reject_closed(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+/* Over the connection cap: accept and close at once, so the backlog does not fill up. */
+static void reject_connection(srv_http_t *h)
+{
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (!t)
+        return;
+    uv_tcp_init(h->loop, t);
+    uv_accept((uv_stream_t *)&h->listener, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, on_reject_closed);
+}
+
+static srv_conn_t *conn_new(srv_http_t *h)
+{
+    srv_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->http = h;
+    llhttp_init(&c->parser, HTTP_REQUEST, &h->settings);
+    c->parser.data = c;
+    c->sink = (api_sink_t){.self = c, .begin = sink_begin, .write = sink_write, .end = sink_end};
+    c->end_msg.run = on_end_msg;
+    atomic_init(&c->sink_failed, false);
+    c->scanning_head = true;
+    c->state = CONN_IDLE;
+    c->tcp.data = c->timer.data = c;
+    c->next = h->conns;
+    if (h->conns)
+        h->conns->prev = c;
+    h->conns = c;
+    h->n_conns++;
+    return c;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    srv_http_t *h = server->data;
+    if (status < 0) {
+        srv_log(SRV_LOG_WARN, "accept: %s", uv_strerror(status));
+        return;
+    }
+    if (h->n_conns >= (size_t)h->lim.max_connections) {
+        srv_log(SRV_LOG_WARN, "connection refused: %d connections open", h->lim.max_connections);
+        reject_connection(h);
+        return;
+    }
+    srv_conn_t *c = conn_new(h);
+    if (!c) {
+        reject_connection(h);
+        return;
+    }
+    uv_tcp_init(h->loop, &c->tcp);
+    uv_timer_init(h->loop, &c->timer);
+    c->n_open_handles = 2;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    conn_arm_timer(c);
+    conn_update_reading(c);
+}
+
+srv_http_limits_t srv_http_default_limits(void)
+{
+    return (srv_http_limits_t){
+        .max_body_bytes = 2000000,
+        .max_header_bytes = 16384,
+        .max_request_line_bytes = 8192,
+        .max_write_buffer_bytes = 4 << 20,
+        .max_headers = 100,
+        .max_connections = 1024,
+        .max_keepalive_requests = 1000,
+        .header_timeout_ms = 10000,
+        .body_timeout_ms = 10000,
+        .idle_timeout_ms = 75000,
+        .linger_ms = 2000,
+    };
+}
+
+rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limits,
+                  const srv_handler_t *handler, srv_http_t **out, core_err_t *err)
+{
+    *out = NULL;
+    srv_http_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return core_err(err, RC_NOMEM, "out of memory");
+    h->loop = loop;
+    h->hop = hop;
+    h->lim = *limits;
+    h->handler = *handler;
+    llhttp_settings_init(&h->settings);
+    h->settings.on_message_begin = on_message_begin;
+    h->settings.on_url = on_url;
+    h->settings.on_header_field = on_header_field;
+    h->settings.on_header_value = on_header_value;
+    h->settings.on_header_value_complete = on_header_value_complete;
+    h->settings.on_headers_complete = on_headers_complete;
+    h->settings.on_body = on_body;
+    h->settings.on_message_complete = on_message_complete;
+    if (getrandom(&h->id_seed, sizeof h->id_seed, 0) != (ssize_t)sizeof h->id_seed)
+        h->id_seed = uv_hrtime() ^ ((uint64_t)uv_os_getpid() << 32);
+    *out = h;
+    return RC_OK;
+}
+
+rc_t srv_http_listen(srv_http_t *h, const char *host, int port, int *bound_port, core_err_t *err)
+{
+    struct sockaddr_storage addr;
+    int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr)
+                               : uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
+    if (rc < 0)
+        return core_err(err, RC_INVALID, "--host '%s' is not an IPv4 or IPv6 address", host);
+    uv_tcp_init(h->loop, &h->listener);
+    h->listener.data = h;
+    h->listening = true;
+    rc = uv_tcp_bind(&h->listener, (const struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&h->listener, 511, on_connection);
+    if (rc < 0)
+        return core_err(err, RC_IO, "listen on %s:%d: %s", host, port, uv_strerror(rc));
+    if (bound_port) {
+        int len = sizeof addr;
+        uv_tcp_getsockname(&h->listener, (struct sockaddr *)&addr, &len);
+        *bound_port = addr.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&addr)->sin6_port)
+                                                 : ntohs(((struct sockaddr_in *)&addr)->sin_port);
+    }
+    return RC_OK;
+}
+
+void srv_http_close(srv_http_t *h)
+{
+    if (h->listening && !h->listener_closed) {
+        uv_close((uv_handle_t *)&h->listener, NULL);
+        h->listener_closed = true;
+    }
+}
+
+void srv_http_drain(srv_http_t *h)
+{
+    h->draining = true;
+    srv_http_close(h);
+    for (srv_conn_t *c = h->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_IDLE && c->in_pos == c->in_len)
+            conn_close(c);
+        else if (c->state == CONN_LINGER)
+            conn_arm_timer(c);
+        else
+            c->keep_alive = false; /* a response not yet begun says Connection: close */
+    }
+}
+
+void srv_http_abort(srv_http_t *h)
+{
+    h->draining = true;
+    srv_http_close(h);
+    for (srv_conn_t *c = h->conns, *next; c; c = next) {
+        next = c->next;
+        conn_close(c);
+    }
+}
+
+size_t srv_http_n_conns(const srv_http_t *h)
+{
+    return h->n_conns;
+}
+
+void srv_http_free(srv_http_t *h)
+{
+    if (!h)
+        return;
+    if (h->n_conns)
+        srv_log(SRV_LOG_ERROR, "%zu connections still open at exit", h->n_conns);
+    free(h);
+}

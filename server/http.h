@@ -1,0 +1,97 @@
+/* http.h - HTTP/1.1 connections: accept, parse (llhttp 8.1 behind a strict pre-scan),
+ * enforce limits, hand complete requests to a handler, write responses.
+ *
+ * Policy (docs/OPERATIONS.md has the operator's view):
+ *  - The request head is pre-scanned byte by byte before llhttp sees it, because Debian's
+ *    llhttp 8.1.0 accepts bare CR, bare LF and obs-fold lines (request smuggling, CVE-2023-
+ *    30589, CVE-2024-27982): any of those, or another control byte, is 400 + close. The scan
+ *    also counts: request line > max_request_line_bytes -> 414, head > max_header_bytes or
+ *    more than max_headers fields -> 431 (+ close).
+ *  - Only HTTP/1.0 and 1.1: HTTP/0.9 (no version) -> 400, other versions -> 505. HTTP/1.1
+ *    needs exactly one Host (400). Transfer-Encoding on a request -> 411 "Content-Length
+ *    required": request bodies must have a Content-Length (the simplest framing that cannot
+ *    be smuggled). Content-Length > max_body_bytes -> 413 before any body byte is read.
+ *  - Any llhttp error -> 400 + close; no byte of that connection is parsed afterwards.
+ *  - Deadlines: the whole head within header_timeout_ms of its first byte (a fresh
+ *    connection's first byte too) -> 408 + close; body reads at most body_timeout_ms apart
+ *    -> 408 + close; keep-alive connections idle for idle_timeout_ms are closed silently.
+ *  - Pipelining: parsing pauses (llhttp_pause) while a request is being answered and
+ *    resumes after its end(), so responses leave strictly in request order.
+ *  - Responses: Content-Length for complete ones; streaming ones (sink begin with
+ *    streaming=true) use chunked encoding (HTTP/1.1) or end with close (HTTP/1.0), with
+ *    Cache-Control: no-cache. Every response carries X-Request-Id (the client's, sanitised
+ *    to [A-Za-z0-9._:-] and <= 128 chars, or a generated one).
+ *  - After a response with Connection: close the write side is shut down and the input is
+ *    drained briefly (lingering close) so the client reads the response instead of a RST.
+ *    A client that does not read a last response is dropped after idle_timeout_ms, one
+ *    that lets more than max_write_buffer_bytes pile up (e.g. a stalled SSE reader) at once.
+ *  - End of input from the client (EOF, including a half-close) while a request is being
+ *    answered counts as the client going away: its job is cancelled. Clients that
+ *    half-close after sending a request do not get the rest of a pending response.
+ *  - Connections over max_connections are accepted and closed at once (no response).
+ *
+ * The sink handed to the handler is thread-safe: calls from any thread are copied into
+ * messages posted to the hop and written on the loop thread, in order. A connection whose
+ * client goes away while a job runs cancels the job and stays allocated until end().
+ *
+ * Threads: everything here runs on the loop thread, except the sink functions. */
+#ifndef SERVER_HTTP_H
+#define SERVER_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "api/api.h"
+#include "core/rc.h"
+#include "server/server.h"
+
+#define SRV_REQUEST_ID_MAX 128
+
+typedef struct {
+    size_t max_body_bytes;
+    size_t max_header_bytes;
+    size_t max_request_line_bytes;
+    size_t max_write_buffer_bytes; /* a client that does not read is dropped past this */
+    int max_headers;
+    int max_connections;
+    int max_keepalive_requests;
+    uint64_t header_timeout_ms;
+    uint64_t body_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint64_t linger_ms; /* lingering close: how long to drain input after the last response */
+} srv_http_limits_t;
+
+srv_http_limits_t srv_http_default_limits(void);
+
+/* Who answers requests (api_handle & co. in the daemon; fakes in tests). */
+typedef struct {
+    void *ctx;
+    void (*handle)(void *ctx, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+    void (*cancel)(void *ctx, api_job_t *job);
+    void (*free_job)(void *ctx, api_job_t *job);
+} srv_handler_t;
+
+typedef struct srv_http srv_http_t;
+
+rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limits,
+                  const srv_handler_t *handler, srv_http_t **out, core_err_t *err);
+/* Bind and listen. host is an IPv4 or IPv6 literal. OUT: *bound_port (optional). */
+rc_t srv_http_listen(srv_http_t *h, const char *host, int port, int *bound_port, core_err_t *err);
+/* Graceful stop: close the listener, close idle connections, answer the requests in
+ * flight with Connection: close. */
+void srv_http_drain(srv_http_t *h);
+/* Hard stop: cancel every job and close every connection (they are freed after end()). */
+void srv_http_abort(srv_http_t *h);
+/* Connections still allocated (including closing ones waiting for a job's end()). */
+size_t srv_http_n_conns(const srv_http_t *h);
+/* Close the listener if still open; call before the loop's last run. */
+void srv_http_close(srv_http_t *h);
+/* After the loop has finished (srv_http_n_conns == 0 and closed). */
+void srv_http_free(srv_http_t *h);
+
+/* JSON string body (without quotes) of s into dst; always NUL-terminates; returns the
+ * length written (truncated at cap - 1, never in the middle of an escape). */
+size_t srv_json_escape(char *dst, size_t cap, const char *s);
+
+#endif

@@ -1,0 +1,58 @@
+/* server.h - the process around the HTTP layer: start-up wiring, the libuv loop, signals
+ * and drain, logging, and the hop that carries work from other threads onto the loop.
+ *
+ * Start-up order (srv_server_start): BLAS threads, model, tokenizer (MODEL/tokenizer.json),
+ * store (DATA_DIR), --adapters-dir imports, engine, api, listen. It then prints one line
+ * "adapterd listening on http://HOST:PORT (model NAME, N adapters)" to stdout.
+ * SIGINT/SIGTERM: stop accepting, close idle connections, let in-flight requests finish
+ * (bounded by --drain-timeout-ms; then they are cancelled), free everything, exit 0. A
+ * second signal exits at once with status 1.
+ *
+ * The hop: srv_hop_post may be called from any thread (the engine thread calls it through
+ * the response sinks); the message's run() is called later on the loop thread, in posting
+ * order. srv_hop_drain runs everything queued now; it is not re-entrant (a nested call
+ * returns at once and the outer call picks up what the nested caller posted).
+ *
+ * Threads: everything but srv_hop_post and srv_log runs on the main (loop) thread. */
+#ifndef SERVER_SERVER_H
+#define SERVER_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "core/rc.h"
+#include "server/flags.h"
+
+/* Logging to stderr with a timestamp and level; callable from any thread. */
+void srv_log_set_level(int level);
+bool srv_log_enabled(int level);
+void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+typedef struct srv_msg {
+    struct srv_msg *next;
+    void (*run)(struct srv_msg *m); /* loop thread; may free m */
+} srv_msg_t;
+
+typedef struct srv_hop srv_hop_t;
+
+rc_t srv_hop_new(uv_loop_t *loop, srv_hop_t **out, core_err_t *err);
+void srv_hop_post(srv_hop_t *h, srv_msg_t *m);
+void srv_hop_drain(srv_hop_t *h);
+/* Close the async handle (loop thread). Later posts are kept, never run. */
+void srv_hop_close(srv_hop_t *h);
+/* After the loop has finished the close. Returns how many messages were never run. */
+size_t srv_hop_free(srv_hop_t *h);
+
+/* `adapterd import`: returns the process exit status. */
+int srv_import_run(const srv_config_t *cfg);
+
+typedef struct srv_server srv_server_t;
+
+/* Returns 0, or 1 after printing why to stderr (*out is then NULL). */
+int srv_server_start(const srv_config_t *cfg, srv_server_t **out);
+/* Runs the loop until shut down; returns the exit status. */
+int srv_server_run(srv_server_t *s);
+void srv_server_free(srv_server_t *s);
+
+#endif
