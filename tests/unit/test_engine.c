@@ -75,6 +75,10 @@ static void write_model(void)
         }
     }
     ASSERT(stw_write(DIR "/model/model.safetensors", t, (size_t)n, NULL) == 0);
+    for (int i = 0; i < n; i++) {
+        free((void *)t[i].name);
+        free((void *)t[i].data);
+    }
 }
 
 /* ---- an event collector ------------------------------------------------------------ */
@@ -132,6 +136,8 @@ static void sink_wait(sink_t *s)
 static core_model_t *model;
 static core_tok_t *tok;
 static core_engine_t *engine;
+static int32_t *prompts_ids[64]; /* encoded prompts, freed by teardown */
+static int n_prompts_ids;
 
 static void setup(void)
 {
@@ -148,19 +154,19 @@ static void teardown(void)
     core_engine_free(engine);
     core_tok_free(tok);
     core_model_free(model);
+    while (n_prompts_ids > 0)
+        free(prompts_ids[--n_prompts_ids]);
 }
 
 static core_request_t request(const char *prompt, int max_tokens, sink_t *s)
 {
-    static int32_t *ids[64];
-    static int n_ids;
     size_t n = 0;
     core_err_t err = {{0}};
     core_request_t r = core_request_default();
     ASSERT_RC(core_tok_encode(tok, prompt, strlen(prompt), core_tok_encode_default_params(),
-                              &ids[n_ids], &n, &err),
+                              &prompts_ids[n_prompts_ids], &n, &err),
               RC_OK, &err);
-    r.prompt = ids[n_ids++];
+    r.prompt = prompts_ids[n_prompts_ids++];
     r.n_prompt = (int)n;
     r.max_tokens = max_tokens;
     r.sampling.temperature = 0;
