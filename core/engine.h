@@ -10,9 +10,9 @@
  * Threads: submit/cancel from any thread. on_event runs on the engine thread, must not
  * block, and must copy what it keeps (text and ids are borrowed for the call). After the
  * CORE_EV_DONE or CORE_EV_ERROR event of a request no more events come for it.
- * Ownership: the engine copies the request (prompt, stop strings) and holds a reference
- * to its LoRA until the final event; model and tokenizer are borrowed for the engine's
- * life. */
+ * Ownership: the engine copies the request (prompt, stop strings, group) and holds a
+ * reference to its adapter set until the final event; model and tokenizer are borrowed for
+ * the engine's life. */
 #ifndef CORE_ENGINE_H
 #define CORE_ENGINE_H
 
@@ -40,6 +40,8 @@ typedef struct {
     int n_prompt, n_gen;  /* DONE: usage */
     rc_t rc;              /* ERROR */
     const char *message;  /* ERROR (borrowed) */
+    const float *logits;  /* TOKEN with want_logits: n_vocab floats (borrowed) */
+    int n_vocab;
 } core_event_t;
 
 typedef void (*core_on_event_fn)(void *user, const core_event_t *ev);
@@ -47,13 +49,16 @@ typedef void (*core_on_event_fn)(void *user, const core_event_t *ev);
 typedef struct {
     const int32_t *prompt; /* copied */
     int n_prompt;          /* >= 1 */
-    core_lora_t *lora;     /* NULL for base; retained by the engine */
-    float lora_scale;
+    core_aset_t *aset;     /* NULL for base; retained by the engine */
     core_sampler_params_t sampling;
     int max_tokens;        /* >= 0 */
     bool ignore_eos;
     const char *stop[CORE_MAX_STOP]; /* copied; n_stop used */
     int n_stop;
+    /* Fair-share group (tenant, else the adapter spec); copied, "" for none. Sequences of
+     * one group cannot starve another group's (see docs/ARCHITECTURE.md). */
+    const char *group;
+    bool want_logits;      /* TOKEN events carry the logits the token was sampled from */
     core_on_event_fn on_event;
     void *user;
 } core_request_t;
@@ -61,8 +66,12 @@ typedef struct {
 core_request_t core_request_default(void);
 
 typedef struct {
-    int max_batch_tokens; /* tokens per step (prompt tokens + decodes), default 2048 */
-    int max_seqs;         /* running sequences, default 64 */
+    int max_batch_tokens;   /* tokens per step (prompt chunks + decodes), default 2048 */
+    int max_seqs;           /* running sequences, default 64 */
+    int max_queue;          /* waiting sequences before RC_BUSY, default 256 */
+    size_t kv_budget_bytes; /* KV cache pool, default 1 GiB */
+    int kv_block_tokens;    /* positions per KV block, default 16 */
+    int max_rank;           /* largest adapter-set rank sum expected, sizes scratch; default 256 */
 } core_engine_params_t;
 core_engine_params_t core_engine_default_params(void);
 
@@ -74,12 +83,23 @@ rc_t core_engine_new(const core_model_t *m, const core_tok_t *tok, core_engine_p
 /* Cancels everything still running (each gets DONE/cancelled), joins the thread. */
 void core_engine_free(core_engine_t *e);
 
-/* OUT: *req_id. RC_INVALID when the prompt plus max_tokens exceed the model context or a
- * token id is out of range (message says which), RC_BUSY when the queue is full. */
+/* OUT: *req_id. RC_INVALID when the prompt plus max_tokens exceed the model context, can
+ * never fit in the KV pool, or a token id is out of range (the message names the limit),
+ * RC_BUSY when the waiting queue is full (max_queue). */
 rc_t core_engine_submit(core_engine_t *e, const core_request_t *r, uint64_t *req_id,
                         core_err_t *err);
 /* Cancel a request; its DONE (finish=cancelled) event follows within one step.
  * Unknown or finished ids are ignored. */
 void core_engine_cancel(core_engine_t *e, uint64_t req_id);
+
+/* A consistent snapshot, callable from any thread (metrics, tests). */
+typedef struct {
+    int n_running, n_waiting;
+    int kv_blocks_total, kv_blocks_used;
+    uint64_t n_steps;       /* forward passes run */
+    uint64_t n_preempted;   /* sequences whose KV was dropped to make room (recomputed) */
+    uint64_t n_rows;        /* token rows processed, summed over steps */
+} core_engine_stats_t;
+void core_engine_stats(core_engine_t *e, core_engine_stats_t *out);
 
 #endif

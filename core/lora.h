@@ -58,4 +58,42 @@ void core_lora_release(core_lora_t *l);
 /* "q_proj,v_proj" style list of targeted modules into buf. */
 void core_lora_targets_str(const core_lora_t *l, char *buf, size_t len);
 
+/* ---- adapter sets: what one sequence applies ------------------------------------ *
+ * A set of weighted LoRAs applied together to one sequence. Applying the set is exactly
+ * one LoRA of rank sum(r_i) with the weights folded in (ADAPTER-MATH 7.2, PEFT
+ * add_weighted_adapter combination_type="cat"):
+ *     delta_y = sum_i  w_i * s_i * (x A_i^T) B_i^T
+ * A single adapter at scale f is a set of one term with weight f. Weights may be negative
+ * (negation) or zero. Sets are immutable and refcounted; each retains its LoRAs. */
+#define CORE_ASET_MAX 8
+
+typedef struct {
+    core_lora_t *lora;
+    float weight; /* finite */
+} core_lora_term_t;
+
+typedef struct core_aset {
+    int n;                                 /* 1..CORE_ASET_MAX */
+    core_lora_term_t terms[CORE_ASET_MAX]; /* each lora retained */
+    int rank_sum;                          /* sum of the terms' config ranks */
+    int refcount;                          /* atomic */
+} core_aset_t;
+
+/* OUT: *out with refcount 1. RC_INVALID for n outside 1..CORE_ASET_MAX, a NULL lora or a
+ * non-finite weight, or LoRAs with different n_layers. */
+rc_t core_aset_new(const core_lora_term_t *terms, int n, core_aset_t **out, core_err_t *err);
+void core_aset_retain(core_aset_t *s);
+void core_aset_release(core_aset_t *s);
+/* Same LoRAs with the same weights in the same order (NULL equals only NULL). Items whose
+ * sets are equal form one segment of the batched projection. */
+bool core_aset_equal(const core_aset_t *a, const core_aset_t *b);
+
+/* PEFT add_weighted_adapter combination_type="linear" (ADAPTER-MATH 7.2): a new LoRA with
+ *     A = sum_i sign(w_i s_i) sqrt(|w_i s_i|) A_i,   B = sum_i sqrt(|w_i s_i|) B_i,   scale 1
+ * per module; a module targeted by only some terms sums over those. This is NOT
+ * sum_i w_i dW_i (it has cross terms); it is what PEFT computes. RC_INVALID unless every
+ * term has the same rank in every module it targets. OUT: *out (refcount 1). */
+rc_t core_lora_mix_linear(const core_lora_term_t *terms, int n, core_lora_t **out,
+                          core_err_t *err);
+
 #endif

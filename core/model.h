@@ -96,32 +96,62 @@ typedef struct {
 rc_t core_model_load(const char *dir, core_model_t **out, core_err_t *err);
 void core_model_free(core_model_t *m);
 
-/* KV cache of one sequence: per layer K and V, (capacity, n_kv_heads*head_dim).
- * Grows by doubling up to max_pos. */
+/* ---- paged KV cache ------------------------------------------------------------- *
+ * A pool owns a fixed number of blocks (budget_bytes / block_bytes); a block holds K and V
+ * of block_tokens consecutive positions for every layer. Each sequence's core_kv_t has a
+ * block table, so sequences of any length share the pool without fragmentation. The pool
+ * and its caches belong to one thread (the engine thread). */
+typedef struct core_kv_pool core_kv_pool_t;
 typedef struct core_kv core_kv_t;
-core_kv_t *core_kv_new(const core_config_t *cfg);
-void core_kv_free(core_kv_t *kv);
-int core_kv_len(const core_kv_t *kv);
 
-struct core_lora; /* core/lora.h */
+/* block_tokens >= 1 (16 is a good default). RC_LIMIT when the budget holds no block. */
+rc_t core_kv_pool_new(const core_config_t *cfg, size_t budget_bytes, int block_tokens,
+                      core_kv_pool_t **out, core_err_t *err);
+void core_kv_pool_free(core_kv_pool_t *p); /* every cache must be freed first */
+int core_kv_pool_n_blocks(const core_kv_pool_t *p);
+int core_kv_pool_n_free(const core_kv_pool_t *p);
+int core_kv_pool_block_tokens(const core_kv_pool_t *p);
+size_t core_kv_pool_block_bytes(const core_kv_pool_t *p);
+/* Blocks a sequence of n_tokens positions occupies. */
+int core_kv_pool_blocks_for(const core_kv_pool_t *p, int n_tokens);
+
+/* An empty cache (no blocks yet) drawing from pool. NULL on out of memory. */
+core_kv_t *core_kv_new(core_kv_pool_t *pool);
+void core_kv_free(core_kv_t *kv); /* returns its blocks to the pool */
+int core_kv_len(const core_kv_t *kv);
+/* Extra blocks needed to append n_new positions. */
+int core_kv_blocks_needed(const core_kv_t *kv, int n_new);
+/* Take the blocks for n_new more positions now. RC_BUSY (nothing taken) when the pool has
+ * too few free blocks; RC_LIMIT past max_pos. */
+rc_t core_kv_reserve(core_kv_t *kv, int n_new);
+/* Drop every position and return all blocks (preemption); the cache stays usable. */
+void core_kv_reset(core_kv_t *kv);
+
+struct core_aset; /* core/lora.h */
 
 typedef struct {
     const int32_t *tokens;  /* n_tokens new tokens, appended after core_kv_len(kv) */
     int n_tokens;
     core_kv_t *kv;
-    const struct core_lora *lora; /* NULL: base only */
-    float lora_scale;        /* multiplies the adapter's own s (1 = as trained) */
+    const struct core_aset *aset; /* NULL: base only; else its LoRAs, weighted */
     float *logits;           /* OUT: n_vocab floats (last token), or n_tokens*n_vocab if all_logits */
     bool all_logits;
 } core_fwd_item_t;
 
-/* Scratch for core_forward, grown on demand and reused across steps. */
+/* Scratch for core_forward. core_fwd_reserve sizes it for the largest step (rows = token
+ * budget, rank = largest adapter-set rank sum) so steady-state steps never allocate;
+ * core_forward still grows it if a step is larger. */
 typedef struct core_fwd core_fwd_t;
 core_fwd_t *core_fwd_new(const core_model_t *m);
+rc_t core_fwd_reserve(core_fwd_t *f, int max_rows, int max_rank, int max_items);
 void core_fwd_free(core_fwd_t *f);
 
-/* One batched step. Token ids must be < n_vocab and positions < max_pos
- * (RC_INVALID/RC_LIMIT otherwise, nothing appended). */
+/* One batched step. Rows are processed in item order; items whose adapter sets are equal
+ * (core_aset_equal) and adjacent form one segment: per targeted module one shrink and one
+ * expand per LoRA of the set over the segment's rows, after ONE base GEMM over all rows.
+ * Token ids must be < n_vocab and positions < max_pos (RC_INVALID/RC_LIMIT otherwise);
+ * caches lacking blocks are reserved here (RC_BUSY when the pool is short); on any error
+ * nothing is appended. */
 rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, int n_items,
                   core_err_t *err);
 
