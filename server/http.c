@@ -22,100 +22,8 @@
 #include <time.h>
 
 #include "llhttp.h"
+#include "server/http_int.h"
 
-#define IN_MIN_FREE 4096
-#define IN_EXTRA (64 * 1024) /* input buffer beyond max_header_bytes (pipelined bytes) */
-#define LINGER_MAX_BYTES (1 << 20)
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} buf_t;
-
-typedef enum {
-    CONN_IDLE,
-    CONN_HEAD,
-    CONN_BODY,
-    CONN_BUSY,
-    CONN_FINISHING,
-    CONN_LINGER,
-    CONN_CLOSED
-} conn_state_t;
-
-/* The strict pre-scan of a request head (see scan_head). */
-typedef struct {
-    size_t head_bytes; /* bytes of this head so far */
-    size_t line_len;   /* bytes of the current line, without CRLF */
-    size_t n_lines;    /* complete non-empty lines: request line + fields */
-    bool cr;           /* the previous byte was CR */
-    bool in_name;      /* inside a field name (before its colon) */
-} scan_t;
-
-typedef struct {
-    buf_t url;
-    buf_t field, value; /* the header being parsed; spans may arrive in pieces */
-    buf_t content_type;
-    const char *path, *query; /* into url, set when the head is complete */
-    char request_id[SRV_REQUEST_ID_MAX + 1];
-    int n_host, n_content_type;
-    bool expect_continue;
-    char *body;
-    size_t body_len, body_cap;
-} req_t;
-
-typedef struct srv_conn srv_conn_t;
-
-struct srv_conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_shutdown_t shutdown;
-    srv_http_t *http;
-    srv_conn_t *prev, *next;
-    conn_state_t state;
-    int n_open_handles; /* tcp + timer until their close callbacks ran */
-    unsigned n_writes;  /* uv_write requests in flight */
-    bool reading, peer_eof, in_parse;
-    bool req_active; /* dispatched, its end() not yet run on the loop */
-    bool keep_alive; /* for the current request */
-    bool is_head;    /* HEAD request: the response has no body */
-    int n_requests;
-    uint64_t head_start; /* uv_now when the current head's first byte arrived */
-    uint64_t t_dispatch; /* uv_hrtime at dispatch, for the access log */
-    size_t n_discarded;  /* bytes thrown away while lingering */
-
-    char *in; /* input; [in_pos, in_len) not parsed yet */
-    size_t in_pos, in_len, in_cap;
-    bool scanning_head;
-    scan_t scan;
-    llhttp_t parser;
-    req_t req;
-    int err_status; /* set by parser callbacks that refuse a request */
-    const char *err_code;
-    char err_msg[160];
-
-    api_sink_t sink;
-    api_job_t *job;
-    srv_msg_t end_msg; /* end() never allocates, so a connection always learns of it */
-    atomic_bool sink_failed;
-    bool resp_begun, resp_streaming, resp_chunked;
-    int resp_status;
-    size_t resp_bytes;
-    char *resp_ct, *resp_extra;
-    buf_t resp_body;
-};
-
-struct srv_http {
-    uv_loop_t *loop;
-    srv_hop_t *hop;
-    srv_http_limits_t lim;
-    srv_handler_t handler;
-    llhttp_settings_t settings;
-    uv_tcp_t listener;
-    bool listening, listener_closed, draining;
-    srv_conn_t *conns; /* every allocated connection */
-    size_t n_conns;
-    uint64_t id_seed, id_counter;
-};
 
 /* One sink call carried to the loop thread. */
 typedef enum { OP_BEGIN, OP_WRITE } op_kind_t;
@@ -133,12 +41,12 @@ typedef struct {
 static void conn_parse(srv_conn_t *c);
 static void conn_close(srv_conn_t *c);
 static void conn_finish(srv_conn_t *c);
-static void conn_arm_timer(srv_conn_t *c);
+void srv__conn_arm_timer(srv_conn_t *c);
 static void conn_update_reading(srv_conn_t *c);
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
-static bool buf_add(buf_t *b, const void *data, size_t n)
+bool srv__buf_add(buf_t *b, const void *data, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
@@ -167,12 +75,12 @@ static bool buf_printf(buf_t *b, const char *fmt, ...)
     va_end(ap);
     if (n < 0 || (size_t)n >= sizeof tmp)
         return false; /* only used for short, fixed-shape lines */
-    return buf_add(b, tmp, (size_t)n);
+    return srv__buf_add(b, tmp, (size_t)n);
 }
 
-#define BUF_LIT(b, lit) buf_add(b, lit, sizeof(lit) - 1)
+#define BUF_LIT(b, lit) srv__buf_add(b, lit, sizeof(lit) - 1)
 
-static void buf_clear(buf_t *b)
+void srv__buf_clear(buf_t *b)
 {
     b->len = 0;
     if (b->p)
@@ -250,7 +158,7 @@ static const char *http_date(void)
 }
 
 /* Keep [A-Za-z0-9._:-] of a client's X-Request-Id, at most SRV_REQUEST_ID_MAX chars. */
-static void request_id_sanitize(char *dst, const char *src, size_t len)
+void srv__request_id_sanitize(char *dst, const char *src, size_t len)
 {
     size_t n = 0;
     for (size_t i = 0; i < len && n < SRV_REQUEST_ID_MAX; i++) {
@@ -264,7 +172,7 @@ static void request_id_sanitize(char *dst, const char *src, size_t len)
 
 /* "req-" + 16 hex digits: splitmix64 of a random seed plus a counter (unique per process,
  * unpredictable across processes). */
-static void request_id_generate(srv_http_t *h, char *dst)
+void srv__request_id_generate(srv_http_t *h, char *dst)
 {
     uint64_t z = h->id_seed + ++h->id_counter * 0x9e3779b97f4a7c15ULL;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -333,7 +241,7 @@ static void conn_sendv(srv_conn_t *c, const uv_buf_t *parts, size_t n)
     }
 }
 
-static void conn_send(srv_conn_t *c, const char *a, size_t an, const char *b, size_t bn)
+void srv__conn_send(srv_conn_t *c, const char *a, size_t an, const char *b, size_t bn)
 {
     uv_buf_t parts[2] = {uv_buf_init((char *)a, (unsigned)an),
                          uv_buf_init((char *)b, (unsigned)bn)};
@@ -349,7 +257,7 @@ static bool head_start(srv_conn_t *c, buf_t *h, int status, const char *content_
         ok = BUF_LIT(h, "Content-Type: ");
         for (const char *p = content_type; ok && *p; p++) /* never let CR/LF through */
             if (*p != '\r' && *p != '\n')
-                ok = buf_add(h, p, 1);
+                ok = srv__buf_add(h, p, 1);
         ok = ok && BUF_LIT(h, "\r\n");
     }
     ok = ok && buf_printf(h, "X-Request-Id: %s\r\n", c->req.request_id);
@@ -372,12 +280,12 @@ static void conn_send_error(srv_conn_t *c, int status, const char *code, const c
                      msg, code);
     size_t body_len = n < 0 ? 0 : (size_t)n < sizeof body ? (size_t)n : sizeof body - 1;
     if (!c->req.request_id[0])
-        request_id_generate(c->http, c->req.request_id);
+        srv__request_id_generate(c->http, c->req.request_id);
     c->keep_alive = false;
     buf_t h = {0};
     if (head_start(c, &h, status, "application/json") &&
         buf_printf(&h, "Content-Length: %zu\r\n\r\n", body_len))
-        conn_send(c, h.p, h.len, body, body_len);
+        srv__conn_send(c, h.p, h.len, body, body_len);
     buf_free(&h);
     srv_log(SRV_LOG_INFO, "%d %s (%s) id=%s", status, code, message, c->req.request_id);
 }
@@ -391,284 +299,6 @@ static void conn_fail(srv_conn_t *c, int status, const char *code, const char *m
     c->in_pos = c->in_len;
     conn_send_error(c, status, code, message);
     conn_finish(c);
-}
-
-/* ---- the strict pre-scan --------------------------------------------------------------- */
-
-typedef enum { SCAN_MORE, SCAN_END, SCAN_ERROR } scan_rc_t;
-
-/* RFC 9110 tchar: the only bytes allowed in a field name. */
-static bool is_tchar(unsigned char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
-static scan_rc_t scan_fail(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static scan_rc_t scan_fail(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
-    va_end(ap);
-    c->err_status = status;
-    c->err_code = code;
-    return SCAN_ERROR;
-}
-
-/* The LF of a CRLF: a line is complete. */
-static scan_rc_t scan_line_end(srv_conn_t *c, scan_t *s)
-{
-    if (s->line_len == 0 && s->n_lines > 0)
-        return SCAN_END; /* the blank line that ends the head */
-    if (s->line_len > 0 && s->in_name)
-        return scan_fail(c, 400, "bad_request", "header line without a colon");
-    if (s->line_len > 0 && ++s->n_lines - 1 > (size_t)c->http->lim.max_headers)
-        return scan_fail(c, 431, "too_many_headers", "more than %d header fields",
-                         c->http->lim.max_headers);
-    s->line_len = 0; /* leading empty lines before the request line are skipped */
-    s->in_name = false;
-    return SCAN_MORE;
-}
-
-/* One byte of a line (not CR or LF). */
-static scan_rc_t scan_line_byte(srv_conn_t *c, scan_t *s, unsigned char ch)
-{
-    const srv_http_limits_t *lim = &c->http->lim;
-    if (ch == '\n')
-        return scan_fail(c, 400, "bad_request", "bare LF in the request head (use CRLF)");
-    if (s->line_len == 0 && s->n_lines > 0 && (ch == ' ' || ch == '\t'))
-        return scan_fail(c, 400, "bad_request", "obsolete line folding in a header field");
-    if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-        return scan_fail(c, 400, "bad_request", "control character in the request head");
-    if (s->n_lines > 0) { /* field line: tchar+ ":" value (RFC 9112 5.1) */
-        if (s->line_len == 0)
-            s->in_name = true;
-        if (s->in_name && ch == ':' && s->line_len > 0)
-            s->in_name = false;
-        else if (s->in_name && !is_tchar(ch))
-            return scan_fail(c, 400, "bad_request",
-                             "invalid character in a header field name (no space before ':')");
-    }
-    if (++s->line_len > lim->max_request_line_bytes && s->n_lines == 0)
-        return scan_fail(c, 414, "uri_too_long", "request line is longer than %zu bytes",
-                         lim->max_request_line_bytes);
-    return SCAN_MORE;
-}
-
-/* Scan up to n bytes of a request head. OUT: *used = bytes that belong to the head (all of
- * them unless SCAN_END: up to and including the blank line's LF). On SCAN_ERROR the
- * connection's err_* fields say what to answer. Leading empty lines before the request
- * line are tolerated (RFC 9112 2.2), but count towards the head limit. */
-static scan_rc_t scan_head(srv_conn_t *c, const char *p, size_t n, size_t *used)
-{
-    scan_t *s = &c->scan;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        scan_rc_t rc;
-        if (++s->head_bytes > c->http->lim.max_header_bytes)
-            return scan_fail(c, 431, "headers_too_large", "request head is larger than %zu bytes",
-                             c->http->lim.max_header_bytes);
-        if (s->cr) {
-            s->cr = false;
-            rc = ch == '\n' ? scan_line_end(c, s)
-                            : scan_fail(c, 400, "bad_request", "bare CR in the request head");
-        } else if (ch == '\r') {
-            s->cr = true;
-            rc = SCAN_MORE;
-        } else {
-            rc = scan_line_byte(c, s, ch);
-        }
-        if (rc != SCAN_MORE) {
-            *used = i + 1;
-            return rc;
-        }
-    }
-    *used = n;
-    return SCAN_MORE;
-}
-
-/* ---- llhttp callbacks -------------------------------------------------------------------- */
-
-static int refuse(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int refuse(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
-    va_end(ap);
-    c->err_status = status;
-    c->err_code = code;
-    return HPE_USER;
-}
-
-static int nomem(srv_conn_t *c)
-{
-    return refuse(c, 503, "out_of_memory", "out of memory while reading the request");
-}
-
-static void req_reset(req_t *r)
-{
-    buf_clear(&r->url);
-    buf_clear(&r->field);
-    buf_clear(&r->value);
-    buf_clear(&r->content_type);
-    r->path = r->query = NULL;
-    r->request_id[0] = '\0';
-    r->n_host = r->n_content_type = 0;
-    r->expect_continue = false;
-    free(r->body);
-    r->body = NULL;
-    r->body_len = r->body_cap = 0;
-}
-
-static int on_message_begin(llhttp_t *p)
-{
-    srv_conn_t *c = p->data;
-    req_reset(&c->req);
-    return 0;
-}
-
-static int on_url(llhttp_t *p, const char *at, size_t n)
-{
-    srv_conn_t *c = p->data;
-    return buf_add(&c->req.url, at, n) ? 0 : nomem(c);
-}
-
-static int on_header_field(llhttp_t *p, const char *at, size_t n)
-{
-    srv_conn_t *c = p->data;
-    return buf_add(&c->req.field, at, n) ? 0 : nomem(c);
-}
-
-static int on_header_value(llhttp_t *p, const char *at, size_t n)
-{
-    srv_conn_t *c = p->data;
-    return buf_add(&c->req.value, at, n) ? 0 : nomem(c);
-}
-
-static bool field_is(const buf_t *f, const char *name)
-{
-    return f->len == strlen(name) && strncasecmp(f->p, name, f->len) == 0;
-}
-
-/* One complete header field: note the few that the server itself acts on. */
-static int on_header_value_complete(llhttp_t *p)
-{
-    srv_conn_t *c = p->data;
-    req_t *r = &c->req;
-    const char *v = r->value.p ? r->value.p : "";
-    int rc = 0;
-    if (field_is(&r->field, "host")) {
-        r->n_host++;
-    } else if (field_is(&r->field, "content-type")) {
-        if (++r->n_content_type > 1)
-            rc = refuse(c, 400, "bad_request", "duplicate Content-Type header");
-        else if (!buf_add(&r->content_type, v, r->value.len))
-            rc = nomem(c);
-    } else if (field_is(&r->field, "x-request-id")) {
-        if (!r->request_id[0])
-            request_id_sanitize(r->request_id, v, r->value.len);
-    } else if (field_is(&r->field, "expect")) {
-        if (strcasecmp(v, "100-continue") != 0)
-            rc = refuse(c, 417, "expectation_failed", "unsupported Expect header");
-        r->expect_continue = true;
-    }
-    buf_clear(&r->field);
-    buf_clear(&r->value);
-    return rc;
-}
-
-/* Split the request target into path and query; accepts origin-form ("/p?q") and
- * absolute-form ("http://host/p?q", RFC 9112 3.2.2). Refuses dot segments, so no route
- * or name lookup ever sees "..". */
-static int url_split(srv_conn_t *c)
-{
-    req_t *r = &c->req;
-    char *u = r->url.p ? r->url.p : "";
-    if (strncasecmp(u, "http://", 7) == 0 || strncasecmp(u, "https://", 8) == 0) {
-        static char root[] = "/";
-        char *slash = strchr(strstr(u, "//") + 2, '/');
-        u = slash ? slash : root;
-    }
-    if (u[0] != '/')
-        return refuse(c, 400, "bad_request", "request target must start with '/'");
-    char *hash = strchr(u, '#');
-    if (hash)
-        *hash = '\0';
-    char *q = strchr(u, '?');
-    if (q)
-        *q++ = '\0';
-    for (const char *s = u; (s = strstr(s, "/.")) != NULL; s++)
-        if (s[2] == '/' || s[2] == '\0' || (s[2] == '.' && (s[3] == '/' || s[3] == '\0')))
-            return refuse(c, 400, "bad_request", "dot segments are not allowed in the path");
-    r->path = u;
-    r->query = q;
-    return 0;
-}
-
-static int check_head(srv_conn_t *c, llhttp_t *p)
-{
-    const srv_http_limits_t *lim = &c->http->lim;
-    if (p->http_major == 0)
-        return refuse(c, 400, "bad_request", "HTTP/0.9 requests are not supported");
-    if (p->http_major != 1 || p->http_minor > 1)
-        return refuse(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1");
-    if (c->req.n_host > 1)
-        return refuse(c, 400, "bad_request", "more than one Host header");
-    if (p->http_minor == 1 && c->req.n_host == 0)
-        return refuse(c, 400, "bad_request", "HTTP/1.1 requests need a Host header");
-    if (p->flags & F_TRANSFER_ENCODING)
-        return refuse(c, 411, "length_required",
-                      "Content-Length required: Transfer-Encoding is not accepted on requests");
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > lim->max_body_bytes)
-        return refuse(c, 413, "body_too_large",
-                      "request body of %llu bytes is larger than the limit of %zu bytes",
-                      (unsigned long long)p->content_length, lim->max_body_bytes);
-    return url_split(c);
-}
-
-static int on_headers_complete(llhttp_t *p)
-{
-    srv_conn_t *c = p->data;
-    if (check_head(c, p) != 0)
-        return -1;
-    if (!c->req.request_id[0])
-        request_id_generate(c->http, c->req.request_id);
-    c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
-    c->is_head = p->method == HTTP_HEAD;
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0) {
-        c->req.body_cap = (size_t)p->content_length;
-        c->req.body = malloc(c->req.body_cap);
-        if (!c->req.body) {
-            nomem(c);
-            return -1;
-        }
-        c->state = CONN_BODY;
-        conn_arm_timer(c);
-        if (c->req.expect_continue && p->http_minor == 1)
-            conn_send(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, 0);
-    }
-    return 0;
-}
-
-static int on_body(llhttp_t *p, const char *at, size_t n)
-{
-    srv_conn_t *c = p->data;
-    req_t *r = &c->req;
-    if (n > r->body_cap - r->body_len) /* llhttp enforces Content-Length; belt and braces */
-        return refuse(c, 413, "body_too_large", "request body is larger than announced");
-    memcpy(r->body + r->body_len, at, n);
-    r->body_len += n;
-    return 0;
-}
-
-static int on_message_complete(llhttp_t *p)
-{
-    (void)p;
-    return HPE_PAUSED; /* answered one at a time: conn_parse dispatches, then resumes */
 }
 
 /* ---- requests and responses ------------------------------------------------------------- */
@@ -733,10 +363,10 @@ static void resp_begin(srv_conn_t *c, const op_t *op)
     bool ok = head_start(c, &h, op->status, op->content_type) &&
               BUF_LIT(&h, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") &&
               (!c->resp_chunked || BUF_LIT(&h, "Transfer-Encoding: chunked\r\n")) &&
-              (!c->resp_extra || buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
+              (!c->resp_extra || srv__buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
               BUF_LIT(&h, "\r\n");
     if (ok)
-        conn_send(c, h.p, h.len, NULL, 0);
+        srv__conn_send(c, h.p, h.len, NULL, 0);
     else
         conn_close(c);
     buf_free(&h);
@@ -751,14 +381,14 @@ static void resp_write(srv_conn_t *c, const op_t *op)
     if (op->len == 0)
         return;               /* a zero-length chunk would end the stream */
     if (!c->resp_streaming) { /* kept for HEAD too: its Content-Length is the GET's */
-        if (!buf_add(&c->resp_body, op->data, op->len))
+        if (!srv__buf_add(&c->resp_body, op->data, op->len))
             conn_close(c);
         return;
     }
     if (c->is_head)
         return;
     if (!c->resp_chunked) {
-        conn_send(c, op->data, op->len, NULL, 0);
+        srv__conn_send(c, op->data, op->len, NULL, 0);
         return;
     }
     char frame[24];
@@ -780,16 +410,16 @@ static void resp_end(srv_conn_t *c)
     }
     if (c->resp_streaming) {
         if (c->resp_chunked && !c->is_head)
-            conn_send(c, "0\r\n\r\n", 5, NULL, 0);
+            srv__conn_send(c, "0\r\n\r\n", 5, NULL, 0);
         return;
     }
     buf_t h = {0};
     bool ok = head_start(c, &h, c->resp_status, c->resp_ct) &&
               buf_printf(&h, "Content-Length: %zu\r\n", c->resp_body.len) &&
-              (!c->resp_extra || buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
+              (!c->resp_extra || srv__buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
               BUF_LIT(&h, "\r\n");
     if (ok)
-        conn_send(c, h.p, h.len, c->is_head ? NULL : c->resp_body.p,
+        srv__conn_send(c, h.p, h.len, c->is_head ? NULL : c->resp_body.p,
                   c->is_head ? 0 : c->resp_body.len);
     else
         conn_close(c);
@@ -806,7 +436,7 @@ static void conn_free(srv_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     h->n_conns--;
-    req_reset(&c->req);
+    srv__req_reset(&c->req);
     buf_free(&c->req.url);
     buf_free(&c->req.field);
     buf_free(&c->req.value);
@@ -928,13 +558,13 @@ static bool conn_parse_step(srv_conn_t *c)
     const char *p = c->in + c->in_pos;
     size_t n = c->in_len - c->in_pos;
     if (c->state == CONN_IDLE) {
-        req_reset(&c->req); /* an error before llhttp's message_begin must not reuse ids */
+        srv__req_reset(&c->req); /* an error before llhttp's message_begin must not reuse ids */
         c->state = CONN_HEAD;
         c->head_start = uv_now(c->http->loop);
-        conn_arm_timer(c);
+        srv__conn_arm_timer(c);
     }
     if (c->scanning_head) {
-        scan_rc_t rc = scan_head(c, p, n, &n);
+        scan_rc_t rc = srv__scan_head(c, p, n, &n);
         if (rc == SCAN_ERROR) {
             conn_fail(c, c->err_status, c->err_code, c->err_msg);
             return false;
@@ -974,7 +604,7 @@ static void conn_parse(srv_conn_t *c)
         c->in_pos = c->in_len = 0;
     c->in_parse = false;
     if (c->state == CONN_IDLE || c->state == CONN_BUSY)
-        conn_arm_timer(c);
+        srv__conn_arm_timer(c);
     conn_update_reading(c);
 }
 
@@ -1035,7 +665,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     c->in_len += (size_t)nread;
     if (c->state == CONN_BODY)
-        conn_arm_timer(c);
+        srv__conn_arm_timer(c);
     conn_parse(c);
 }
 
@@ -1070,7 +700,7 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
-static void conn_arm_timer(srv_conn_t *c)
+void srv__conn_arm_timer(srv_conn_t *c)
 {
     const srv_http_limits_t *lim = &c->http->lim;
     uint64_t now = uv_now(c->http->loop), ms = 0;
@@ -1134,7 +764,7 @@ static void conn_finish(srv_conn_t *c)
         return;
     c->state = CONN_FINISHING;
     if (c->n_writes > 0) {
-        conn_arm_timer(c);
+        srv__conn_arm_timer(c);
         return; /* on_write calls again when the last write completes */
     }
     if (c->peer_eof) {
@@ -1147,7 +777,7 @@ static void conn_finish(srv_conn_t *c)
         return;
     }
     c->state = CONN_LINGER;
-    conn_arm_timer(c);
+    srv__conn_arm_timer(c);
     conn_update_reading(c);
 }
 
@@ -1216,7 +846,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    conn_arm_timer(c);
+    srv__conn_arm_timer(c);
     conn_update_reading(c);
 }
 
@@ -1249,14 +879,7 @@ rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limi
     h->lim = *limits;
     h->handler = *handler;
     llhttp_settings_init(&h->settings);
-    h->settings.on_message_begin = on_message_begin;
-    h->settings.on_url = on_url;
-    h->settings.on_header_field = on_header_field;
-    h->settings.on_header_value = on_header_value;
-    h->settings.on_header_value_complete = on_header_value_complete;
-    h->settings.on_headers_complete = on_headers_complete;
-    h->settings.on_body = on_body;
-    h->settings.on_message_complete = on_message_complete;
+    srv__http_settings(&h->settings);
     if (getrandom(&h->id_seed, sizeof h->id_seed, 0) != (ssize_t)sizeof h->id_seed)
         h->id_seed = uv_hrtime() ^ ((uint64_t)uv_os_getpid() << 32);
     *out = h;
@@ -1304,7 +927,7 @@ void srv_http_drain(srv_http_t *h)
         if (c->state == CONN_IDLE && c->in_pos == c->in_len)
             conn_close(c);
         else if (c->state == CONN_LINGER)
-            conn_arm_timer(c);
+            srv__conn_arm_timer(c);
         else
             c->keep_alive = false; /* a response not yet begun says Connection: close */
     }

@@ -1,0 +1,126 @@
+/* http_int.h - private to server/http.c and server/http_parse.c: the connection and
+ * server structs, and the few helpers the two files share (prefix srv__).
+ * Loop thread only. */
+#ifndef SERVER_HTTP_INT_H
+#define SERVER_HTTP_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llhttp.h"
+#include "server/http.h"
+
+#define IN_MIN_FREE 4096
+#define IN_EXTRA (64 * 1024) /* input buffer beyond max_header_bytes (pipelined bytes) */
+#define LINGER_MAX_BYTES (1 << 20)
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} buf_t;
+
+typedef enum {
+    CONN_IDLE,
+    CONN_HEAD,
+    CONN_BODY,
+    CONN_BUSY,
+    CONN_FINISHING,
+    CONN_LINGER,
+    CONN_CLOSED
+} conn_state_t;
+
+/* The strict pre-scan of a request head (see scan_head). */
+typedef struct {
+    size_t head_bytes; /* bytes of this head so far */
+    size_t line_len;   /* bytes of the current line, without CRLF */
+    size_t n_lines;    /* complete non-empty lines: request line + fields */
+    bool cr;           /* the previous byte was CR */
+    bool in_name;      /* inside a field name (before its colon) */
+} scan_t;
+
+typedef struct {
+    buf_t url;
+    buf_t field, value; /* the header being parsed; spans may arrive in pieces */
+    buf_t content_type;
+    const char *path, *query; /* into url, set when the head is complete */
+    char request_id[SRV_REQUEST_ID_MAX + 1];
+    int n_host, n_content_type;
+    bool expect_continue;
+    char *body;
+    size_t body_len, body_cap;
+} req_t;
+
+typedef struct srv_conn srv_conn_t;
+
+struct srv_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown;
+    srv_http_t *http;
+    srv_conn_t *prev, *next;
+    conn_state_t state;
+    int n_open_handles; /* tcp + timer until their close callbacks ran */
+    unsigned n_writes;  /* uv_write requests in flight */
+    bool reading, peer_eof, in_parse;
+    bool req_active; /* dispatched, its end() not yet run on the loop */
+    bool keep_alive; /* for the current request */
+    bool is_head;    /* HEAD request: the response has no body */
+    int n_requests;
+    uint64_t head_start; /* uv_now when the current head's first byte arrived */
+    uint64_t t_dispatch; /* uv_hrtime at dispatch, for the access log */
+    size_t n_discarded;  /* bytes thrown away while lingering */
+
+    char *in; /* input; [in_pos, in_len) not parsed yet */
+    size_t in_pos, in_len, in_cap;
+    bool scanning_head;
+    scan_t scan;
+    llhttp_t parser;
+    req_t req;
+    int err_status; /* set by parser callbacks that refuse a request */
+    const char *err_code;
+    char err_msg[160];
+
+    api_sink_t sink;
+    api_job_t *job;
+    srv_msg_t end_msg; /* end() never allocates, so a connection always learns of it */
+    atomic_bool sink_failed;
+    bool resp_begun, resp_streaming, resp_chunked;
+    int resp_status;
+    size_t resp_bytes;
+    char *resp_ct, *resp_extra;
+    buf_t resp_body;
+};
+
+struct srv_http {
+    uv_loop_t *loop;
+    srv_hop_t *hop;
+    srv_http_limits_t lim;
+    srv_handler_t handler;
+    llhttp_settings_t settings;
+    uv_tcp_t listener;
+    bool listening, listener_closed, draining;
+    srv_conn_t *conns; /* every allocated connection */
+    size_t n_conns;
+    uint64_t id_seed, id_counter;
+};
+
+typedef enum { SCAN_MORE, SCAN_END, SCAN_ERROR } scan_rc_t;
+
+/* http.c */
+bool srv__buf_add(buf_t *b, const void *data, size_t n);
+void srv__buf_clear(buf_t *b);
+void srv__conn_arm_timer(srv_conn_t *c);
+void srv__conn_send(srv_conn_t *c, const char *a, size_t an, const char *b, size_t bn);
+void srv__request_id_sanitize(char *dst, const char *src, size_t len);
+void srv__request_id_generate(srv_http_t *h, char *dst);
+
+/* http_parse.c */
+/* Pre-scan p[0..n) of a request head. OUT: *used = bytes consumed (up to the head's end).
+ * SCAN_ERROR sets c->err_status/err_code/err_msg. */
+scan_rc_t srv__scan_head(srv_conn_t *c, const char *p, size_t n, size_t *used);
+void srv__req_reset(req_t *r);
+void srv__http_settings(llhttp_settings_t *s);
+
+#endif
