@@ -16,6 +16,14 @@ tuners/lora/layer.py::Linear.forward), not from adapterd's C code:
   rmsnorm(x, w) = w * x / sqrt(mean(x^2) + eps)
   LoRA: y = x W^T + b + s * (x A^T) B^T, s = alpha/r or alpha/sqrt(r) (use_rslora), times a
   runtime scale.
+
+Adapter compositions (ADAPTER-MATH 7.2), from PEFT's add_weighted_adapter semantics:
+  cat (exact weighted sum):  delta_y = sum_i w_i s_i (x A_i^T) B_i^T, computed term by term
+      (compose_cat), or as one stacked LoRA A = [w_i s_i A_i], B = [B_i], scale 1
+      (compose_cat_stacked; the two must agree, see test_batch_mixed.py);
+  linear (same rank):  A = sum_i sign(w_i s_i) sqrt|w_i s_i| A_i,  B = sum_i sqrt|w_i s_i| B_i,
+      scale 1, per module over the terms that target it (mix_linear) - NOT sum_i w_i dW_i.
+A "lora" passed to forward() maps (layer, module) to one (A, B, s) or a list of them (summed).
 """
 
 import json
@@ -100,6 +108,44 @@ def load_lora(dir, scale=1.0):
     return out
 
 
+def compose_cat(terms):
+    """terms: [(lora, w)] with lora from load_lora. -> a lora whose modules carry one
+    (A_i, B_i, w_i s_i) per term targeting them: delta = sum_i w_i s_i (x A_i^T) B_i^T."""
+    out = {}
+    for lora, wt in terms:
+        for key, (A, B, s) in lora.items():
+            out.setdefault(key, []).append((A, B, wt * s))
+    return out
+
+
+def compose_cat_stacked(terms):
+    """The same composition as ONE LoRA per module: A_cat = [w_1 s_1 A_1; ...] (rows stacked),
+    B_cat = [B_1 | ...] (columns concatenated), scale 1 (PEFT combination_type="cat")."""
+    out = {}
+    for key, parts in compose_cat(terms).items():
+        A = np.concatenate([ws * A for A, _, ws in parts], axis=0)
+        B = np.concatenate([B for _, B, _ in parts], axis=1)
+        out[key] = (A, B, 1.0)
+    return out
+
+
+def mix_linear(terms):
+    """PEFT add_weighted_adapter(combination_type="linear"): per module, over the terms that
+    target it, A = sum sign(w s) sqrt|w s| A_i, B = sum sqrt|w s| B_i, scale 1. Ranks must
+    agree (ValueError otherwise)."""
+    out = {}
+    for lora, wt in terms:
+        for key, (A, B, s) in lora.items():
+            ws = wt * s
+            a, b = math.copysign(math.sqrt(abs(ws)), ws) * A, math.sqrt(abs(ws)) * B
+            if key in out:
+                if out[key][0].shape != a.shape:
+                    raise ValueError("linear mix needs equal ranks (module %r)" % (key,))
+                a, b = out[key][0] + a, out[key][1] + b
+            out[key] = (a, b, 1.0)
+    return out
+
+
 def rmsnorm(x, w, eps):
     return w * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps))
 
@@ -150,8 +196,9 @@ def linear(model, lora, layer, mod, x):
     if p + "bias" in model.w:
         y = y + model.w[p + "bias"]
     if lora and (layer, mod) in lora:
-        A, B, s = lora[(layer, mod)]
-        y = y + s * ((x @ A.T) @ B.T)
+        terms = lora[(layer, mod)]
+        for A, B, s in (terms if isinstance(terms, list) else [terms]):
+            y = y + s * ((x @ A.T) @ B.T)
     return y
 
 
