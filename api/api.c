@@ -2,9 +2,9 @@
  *
  * Routes are a static table (redis's command table): an exact path and a method. A path
  * in the table with another method is 405 with an Allow header listing the methods it
- * has; any other path is 404. Handlers live in completions.c (generation, pending jobs)
- * and misc.c (everything that answers at once). This is the one place in adapterd that
- * turns an rc_t into an HTTP status. Threads: the loop thread (see api.h). */
+ * has; any other path is 404. Handlers live in completions.c (generation, pending jobs),
+ * misc.c and adapters.c (everything that answers at once). This is the one place in
+ * adapterd that turns an rc_t into an HTTP status. Threads: the loop thread (see api.h). */
 #include "api/api.h"
 
 #include <stdio.h>
@@ -27,6 +27,7 @@ static const api_route_t api_routes[] = {
     {"GET", "/healthz", api__h_healthz},
     {"POST", "/tokenize", api__h_tokenize},
     {"POST", "/detokenize", api__h_detokenize},
+    {"GET", "/lora-adapters", api__h_lora_adapters},
 };
 #define API_N_ROUTES (sizeof api_routes / sizeof api_routes[0])
 

@@ -1,7 +1,8 @@
 /* completions.c - POST /v1/completions (OpenAI-compatible) and the jobs it leaves pending.
  *
- * The loop thread validates every field, resolves the model (the base's served name, or
- * an adapter NAME / NAME@VERSION from the store), tokenizes and submits to the engine.
+ * The loop thread validates every field, resolves the adapter selection (`model`,
+ * `adapter`, `adapter_id`, `adapters`, `lora`: adapters.c) into one adapter set, tokenizes
+ * and submits to the engine; the engine retains the set, so ours is released right after.
  * From then on the job is driven by engine events on the engine thread: a streaming job
  * writes one SSE chunk per event, a plain job accumulates text and answers at DONE.
  *
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/adapters.h"
 #include "api/json_util.h"
 
 #define CMPL_STOP_MAX_BYTES 256
@@ -27,7 +29,7 @@
 
 /* A validated request. Strings are borrowed from the parsed body. */
 typedef struct {
-    const char *model, *adapter;
+    const char *model; /* as given: echoed in the response */
     const char *text;  /* text prompt, or NULL when ids */
     size_t text_len;
     int32_t *ids;      /* token prompt (malloc'd), or the encoded text */
@@ -62,9 +64,9 @@ struct api_job {
 
 static const char *const cmpl_fields[] = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-    "stream", "stream_options", "ignore_eos", "return_token_ids", "adapter", "n", "echo",
-    "logprobs", "presence_penalty", "frequency_penalty", "user", "suffix", "best_of",
-    "logit_bias", NULL,
+    "stream", "stream_options", "ignore_eos", "return_token_ids", "n", "echo", "logprobs",
+    "presence_penalty", "frequency_penalty", "user", "suffix", "best_of", "logit_bias",
+    API_SEL_FIELDS, NULL,
 };
 
 /* ---- validation (loop thread) ---- */
@@ -212,7 +214,6 @@ static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fa
     q->seed = -1;
     if (!api__check_fields(root, cmpl_fields, f) || !cmpl_neutral(root, f) ||
         !api__get_str(root, "model", &q->model, NULL, f) ||
-        !api__get_str(root, "adapter", &q->adapter, NULL, f) ||
         !api__get_int(root, "max_tokens", 0, max_pos, &q->max_tokens, f) ||
         !api__get_num(root, "temperature", 0, 2, false, &q->temperature, f) ||
         !api__get_num(root, "top_p", 0, 1, true, &q->top_p, f) ||
@@ -231,23 +232,7 @@ static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fa
     return cmpl_prompt(root, a->p.model->cfg.n_vocab, q, f);
 }
 
-/* ---- model, prompt, context (loop thread) ---- */
-
-/* OUT: *lora retained, or NULL for the base model. */
-static bool cmpl_resolve(api_t *a, const cmpl_req_t *q, core_lora_t **lora, api_fail_t *f)
-{
-    const char *spec = q->adapter ? q->adapter : q->model;
-    core_err_t err = {{0}};
-    *lora = NULL;
-    if (strcmp(spec, a->model_name) == 0)
-        return true;
-    rc_t rc = a->p.store ? store_acquire(a->p.store, spec, lora, NULL, &err) : RC_NOT_FOUND;
-    if (rc == RC_NOT_FOUND || rc == RC_INVALID)
-        return api__fail(f, 404, "model_not_found", "The model `%.200s` does not exist.", spec);
-    if (rc != RC_OK)
-        return api__fail_rc(f, rc, &err);
-    return true;
-}
+/* ---- prompt, context (loop thread) ---- */
 
 static bool cmpl_tokenize(api_t *a, cmpl_req_t *q, api_fail_t *f)
 {
@@ -474,14 +459,14 @@ static api_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
     return j;
 }
 
-static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, core_lora_t *lora,
+static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, const api_sel_t *sel,
                                    api_job_t *j)
 {
     core_request_t r = core_request_default();
     r.prompt = q->ids;
     r.n_prompt = (int)q->n_ids;
-    r.lora = lora;
-    r.lora_scale = 1.0f;
+    r.aset = sel->aset;
+    r.group = sel->group; /* the adapter selection; tenants come with a later issue */
     r.sampling.temperature = (float)q->temperature;
     r.sampling.top_p = (float)q->top_p;
     r.sampling.top_k = (int)q->top_k;
@@ -496,8 +481,10 @@ static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, core_lora_t *l
     return r;
 }
 
-/* OUT: *job on success. The engine holds its own lora reference after submit. */
-static bool cmpl_submit(api_t *a, const cmpl_req_t *q, core_lora_t *lora, api_sink_t *sink,
+/* OUT: *job on success. The engine holds its own reference to the set after submit.
+ * RC_INVALID from the engine (e.g. a request that can never fit the KV budget) is 400
+ * with the engine's message; RC_BUSY (queue full) is 429 with Retry-After. */
+static bool cmpl_submit(api_t *a, const cmpl_req_t *q, const api_sel_t *sel, api_sink_t *sink,
                         api_job_t **job, api_fail_t *f)
 {
     if (!a->p.engine)
@@ -506,7 +493,7 @@ static bool cmpl_submit(api_t *a, const cmpl_req_t *q, core_lora_t *lora, api_si
     if (!j)
         return api__fail(f, 500, "nomem", "out of memory");
     core_err_t err = {{0}};
-    core_request_t r = cmpl_request(a, q, lora, j);
+    core_request_t r = cmpl_request(a, q, sel, j);
     rc_t rc = core_engine_submit(a->p.engine, &r, &j->req_id, &err);
     if (rc != RC_OK) {
         api_job_free(a, j);
@@ -525,13 +512,13 @@ void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, ap
     api_fail_t f;
     json_t *root = NULL;
     cmpl_req_t q;
-    core_lora_t *lora = NULL;
+    api_sel_t sel;
     memset(&q, 0, sizeof q);
+    memset(&sel, 0, sizeof sel);
     bool ok = api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
-              cmpl_resolve(a, &q, &lora, &f) && cmpl_tokenize(a, &q, &f) &&
-              cmpl_submit(a, &q, lora, sink, job, &f);
-    if (lora)
-        core_lora_release(lora);
+              api__select(a, root, q.model, &sel, &f) && cmpl_tokenize(a, &q, &f) &&
+              cmpl_submit(a, &q, &sel, sink, job, &f);
+    api__sel_clear(&sel); /* after submit the engine holds its own reference */
     free(q.ids);
     json_decref(root);
     if (!ok)

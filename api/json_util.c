@@ -141,8 +141,10 @@ void api__send_json(api_sink_t *sink, int status, json_t *body)
     free(text);
 }
 
-static const char *type_name(const json_t *v)
+const char *api__type_name(const json_t *v)
 {
+    if (!v)
+        return "nothing";
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";
     case JSON_ARRAY: return "an array";
@@ -167,7 +169,7 @@ bool api__parse_body(const api_request_t *req, json_t **root, api_fail_t *f)
                          jerr.line, jerr.column, jerr.text);
     if (!json_is_object(v)) {
         api__fail(f, 400, "invalid_json", "the request body must be a JSON object, got %s",
-                  type_name(v));
+                  api__type_name(v));
         json_decref(v);
         return false;
     }
@@ -205,7 +207,7 @@ bool api__get_int(const json_t *obj, const char *key, long long lo, long long hi
         return true;
     if (!json_is_integer(v))
         return api__fail(f, 400, "invalid_type", "`%s` must be an integer, got %s", key,
-                         type_name(v));
+                         api__type_name(v));
     long long x = json_integer_value(v);
     if (x < lo || x > hi) {
         if (hi == LLONG_MAX)
@@ -226,7 +228,7 @@ bool api__get_num(const json_t *obj, const char *key, double lo, double hi, bool
         return true;
     if (!json_is_number(v))
         return api__fail(f, 400, "invalid_type", "`%s` must be a number, got %s", key,
-                         type_name(v));
+                         api__type_name(v));
     double x = json_number_value(v);
     if ((lo_open ? !(x > lo) : !(x >= lo)) || !(x <= hi))
         return api__fail(f, 400, "invalid_value", "`%s` must be %s %g and <= %g, got %g", key,
@@ -242,7 +244,7 @@ bool api__get_bool(const json_t *obj, const char *key, bool *out, api_fail_t *f)
         return true;
     if (!json_is_boolean(v))
         return api__fail(f, 400, "invalid_type", "`%s` must be a boolean, got %s", key,
-                         type_name(v));
+                         api__type_name(v));
     *out = json_is_true(v);
     return true;
 }
@@ -255,7 +257,7 @@ bool api__get_str(const json_t *obj, const char *key, const char **out, size_t *
         return true;
     if (!json_is_string(v))
         return api__fail(f, 400, "invalid_type", "`%s` must be a string, got %s", key,
-                         type_name(v));
+                         api__type_name(v));
     *out = json_string_value(v);
     if (len)
         *len = json_string_length(v);
@@ -276,7 +278,7 @@ bool api__token_ids(const json_t *arr, const char *what, int n_vocab, int32_t **
         if (!json_is_integer(e)) {
             free(v);
             return api__fail(f, 400, "invalid_type", "`%s[%zu]` must be an integer token id, got %s",
-                             what, i, type_name(e));
+                             what, i, api__type_name(e));
         }
         long long x = json_integer_value(e);
         if (x < 0 || x >= n_vocab) {

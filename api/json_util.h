@@ -51,6 +51,9 @@ char *api__dump(const json_t *v, size_t *len);
 /* A JSON string of len bytes; invalid UTF-8 sequences become U+FFFD. New reference. */
 json_t *api__json_text(const char *s, size_t len);
 
+/* "an object", "a string", ... for messages about a value of the wrong type. */
+const char *api__type_name(const json_t *v);
+
 /* The body as a JSON object (JSON_REJECT_DUPLICATES). OUT: *root new reference. */
 bool api__parse_body(const api_request_t *req, json_t **root, api_fail_t *f);
 /* Every key of obj must be in allowed (NULL-terminated); the first other one fails. */
@@ -81,5 +84,7 @@ void api__h_healthz(api_t *a, const api_request_t *req, api_sink_t *sink, api_jo
 void api__h_models(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_tokenize(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_detokenize(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_lora_adapters(api_t *a, const api_request_t *req, api_sink_t *sink,
+                          api_job_t **job);
 
 #endif
