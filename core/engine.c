@@ -1,21 +1,33 @@
-/* engine.c - the compute thread: continuous batching over core_forward.
+/* engine.c - the compute thread: continuous batching over core_forward with a paged KV pool.
  *
- * Threads: submit/cancel run on any thread and only touch the inbox and the cancel list
- * under e->mu. Everything else (the running list, sequences, KV caches, samplers) belongs
- * to the engine thread alone.
+ * Threads: submit/cancel/stats run on any thread and only touch the inbox, the cancel list
+ * and the published stats under e->mu. Everything else (groups, waiting queues, the running
+ * list, sequences, the KV pool and caches, samplers) belongs to the engine thread alone.
  *
- * One step: admit waiting sequences (up to max_seqs), then give every running sequence a
- * row budget: one token for each decoding sequence first (so decodes keep flowing), then
- * prompt chunks for sequences still prefilling, within max_batch_tokens. One core_forward
- * runs the whole batch; sequences whose prompt is fully fed sample their next token. */
+ * One iteration: take the inbox and the cancels (under the lock, publishing stats), end
+ * cancelled sequences (their KV blocks go back at once), admit waiting sequences, plan the
+ * step (decodes first, then prompt chunks), order its items by adapter set, run one
+ * core_forward, sample. The scheduling policy (docs/ARCHITECTURE.md, "Scheduling"):
+ *  - admission: while max_seqs allows, the head of the waiting group with the fewest running
+ *    sequences (ties: admitted least recently), FIFO within a group, and only when the pool
+ *    has the blocks for its first chunk plus this step's decodes;
+ *  - each step: one row per decoding sequence, then prompt chunks within max_batch_tokens,
+ *    round-robin over groups (least recently prefilled group first), cut to the free blocks;
+ *  - a decode that finds the pool empty preempts by recompute: the running sequence admitted
+ *    last in the group with the most running sequences drops its KV and goes back to the
+ *    front of its group's queue with all its tokens; sampler and detokenizer state are kept.
+ * Submit refuses a request that could not finish even alone in the pool, so a sequence
+ * alone always completes: preemption cannot deadlock. */
 #include "core/engine.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define ENGINE_MAX_QUEUE 256
-#define ENGINE_MAX_CANCELS 4096
+#define ENGINE_MAX_SEQS 4096
+
+typedef struct group group_t;
 
 typedef struct seq {
     uint64_t id;
@@ -23,10 +35,12 @@ typedef struct seq {
     int n_tokens, cap;
     int n_prompt, n_gen, n_fed; /* n_fed: tokens already in the KV cache */
     int max_tokens;
-    bool ignore_eos;
-    bool cancel; /* set under e->mu by admit_locked, acted on after the lock */
-    core_lora_t *lora;
-    float lora_scale;
+    bool ignore_eos, want_logits;
+    bool has_blocks;  /* holds KV blocks (a preemption would free something) */
+    core_aset_t *aset; /* retained; NULL = base */
+    char *group_name;  /* copied at submit */
+    group_t *grp;      /* engine thread: resolved at intake */
+    uint64_t admit_tick; /* when it was (last) admitted; larger = later */
     core_sampler_params_t sampling;
     core_sampler_t *sampler;
     core_kv_t *kv;
@@ -38,43 +52,75 @@ typedef struct seq {
     size_t n_held, held_cap;
     core_on_event_fn on_event;
     void *user;
-    struct seq *next;
+    struct seq *next; /* inbox, a group's waiting queue, or the running list */
 } seq_t;
+
+/* A fair-share group: its waiting queue and what the policy needs to compare groups. */
+struct group {
+    char *name;
+    seq_t *wait_head, *wait_tail;
+    int n_waiting, n_running;
+    uint64_t last_admit;   /* admit tick of its latest admission, 0 = never */
+    uint64_t last_prefill; /* step that last ran one of its prompt chunks, 0 = never */
+    group_t *next;
+};
+
+/* One item of the step being planned and the sequence it belongs to. */
+typedef struct {
+    core_fwd_item_t item;
+    seq_t *seq;
+    int order; /* planning order: the tie-break that keeps sorting stable */
+} slot_t;
 
 struct core_engine {
     const core_model_t *model;
     const core_tok_t *tok;
     core_engine_params_t params;
+    int pool_blocks, block_tokens; /* immutable copies, read by submit */
+    /* engine thread only */
     core_fwd_t *fwd;
+    core_kv_pool_t *pool;
     float *logits;          /* max_seqs * n_vocab */
-    core_fwd_item_t *items; /* max_seqs */
-    seq_t **item_seq;       /* the sequence of each item */
-    seq_t *running;         /* engine thread only */
-    int n_running;
+    slot_t *slots;          /* max_seqs */
+    core_fwd_item_t *items; /* max_seqs: the slots' items in batch order */
+    seq_t **cand;           /* max_seqs: scratch for ordering prompt chunks */
+    seq_t *running;         /* in admission order */
+    int n_running, n_waiting;
+    group_t *groups;
+    uint64_t tick;          /* admissions so far */
+    uint64_t n_steps, n_rows, n_preempted;
+    uint64_t *taken_ids; /* the cancel ids of this iteration (swapped with cancels) */
+    int cap_taken;
     pthread_t thread;
-    pthread_mutex_t mu;     /* guards everything below */
+    pthread_mutex_t mu; /* guards everything below */
     pthread_cond_t cv;
     seq_t *inbox_head, *inbox_tail;
     int n_inbox;
-    uint64_t cancels[ENGINE_MAX_CANCELS];
-    int n_cancels;
+    uint64_t *cancels; /* ids to cancel, grown as needed */
+    int n_cancels, cap_cancels;
     uint64_t next_id;
     bool stopping;
+    core_engine_stats_t stats; /* published by the engine thread; n_waiting excludes inbox */
 };
 
 core_request_t core_request_default(void)
 {
     core_request_t r;
     memset(&r, 0, sizeof r);
-    r.lora_scale = 1.0f;
     r.sampling = core_sampler_default_params();
     r.max_tokens = 16;
+    r.group = "";
     return r;
 }
 
 core_engine_params_t core_engine_default_params(void)
 {
-    core_engine_params_t p = {.max_batch_tokens = 2048, .max_seqs = 64};
+    core_engine_params_t p = {.max_batch_tokens = 2048,
+                              .max_seqs = 64,
+                              .max_queue = 256,
+                              .kv_budget_bytes = (size_t)1 << 30,
+                              .kv_block_tokens = 16,
+                              .max_rank = 256};
     return p;
 }
 
@@ -86,14 +132,29 @@ static void seq_free(seq_t *s)
         return;
     for (int i = 0; i < s->n_stop; i++)
         free(s->stop[i]);
-    if (s->lora)
-        core_lora_release(s->lora);
+    if (s->aset)
+        core_aset_release(s->aset);
     core_sampler_free(s->sampler);
     core_kv_free(s->kv);
     core_tok_stream_free(s->detok);
+    free(s->group_name);
     free(s->held);
     free(s->tokens);
     free(s);
+}
+
+static bool seq_copy_stops(seq_t *s, const core_request_t *r)
+{
+    for (int i = 0; i < r->n_stop && i < CORE_MAX_STOP; i++) {
+        if (!r->stop[i] || !r->stop[i][0])
+            continue;
+        s->stop[s->n_stop] = strdup(r->stop[i]);
+        if (!s->stop[s->n_stop])
+            return false;
+        s->stop_len[s->n_stop] = strlen(r->stop[i]);
+        s->n_stop++;
+    }
+    return true;
 }
 
 /* Copies everything the request points at; the engine thread creates the heavy parts
@@ -105,33 +166,24 @@ static seq_t *seq_new(const core_request_t *r)
         return NULL;
     s->cap = r->n_prompt + r->max_tokens + 1;
     s->tokens = malloc((size_t)s->cap * sizeof *s->tokens);
-    if (!s->tokens)
-        goto fail;
+    s->group_name = strdup(r->group ? r->group : "");
+    if (!s->tokens || !s->group_name || !seq_copy_stops(s, r)) {
+        seq_free(s);
+        return NULL;
+    }
     memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof *s->tokens);
     s->n_tokens = s->n_prompt = r->n_prompt;
     s->max_tokens = r->max_tokens;
     s->ignore_eos = r->ignore_eos;
-    s->lora_scale = r->lora_scale;
+    s->want_logits = r->want_logits;
     s->sampling = r->sampling;
     s->on_event = r->on_event;
     s->user = r->user;
-    for (int i = 0; i < r->n_stop && i < CORE_MAX_STOP; i++) {
-        if (!r->stop[i] || !r->stop[i][0])
-            continue;
-        s->stop[s->n_stop] = strdup(r->stop[i]);
-        if (!s->stop[s->n_stop])
-            goto fail;
-        s->stop_len[s->n_stop] = strlen(r->stop[i]);
-        s->n_stop++;
-    }
-    if (r->lora) {
-        core_lora_retain(r->lora);
-        s->lora = r->lora;
+    if (r->aset) {
+        core_aset_retain(r->aset);
+        s->aset = r->aset;
     }
     return s;
-fail:
-    seq_free(s);
-    return NULL;
 }
 
 static void seq_emit(seq_t *s, const core_event_t *ev)
@@ -208,44 +260,52 @@ static bool is_eos(const core_engine_t *e, int32_t tok)
     return c->n_eos == 0 && tok == core_tok_eos(e->tok);
 }
 
-/* Handle one sampled token. Returns true when the sequence is finished (its final event
- * has been sent). */
-static bool seq_on_token(core_engine_t *e, seq_t *s, int32_t tok)
+/* The last token: whatever the detokenizer still holds joins the held text. */
+static void seq_flush(seq_t *s)
+{
+    const char *p = NULL;
+    size_t n = 0;
+    core_tok_stream_flush(s->detok, &p, &n);
+    held_append(s, p, n);
+}
+
+/* Handle one sampled token (tok was sampled from logits). Returns true when the sequence
+ * is finished (its final event has been sent). */
+static bool seq_on_token(core_engine_t *e, seq_t *s, int32_t tok, const float *logits)
 {
     s->tokens[s->n_tokens++] = tok;
     s->n_gen++;
+    core_event_t ev = {.kind = CORE_EV_TOKEN, .token = tok};
+    if (s->want_logits) {
+        ev.logits = logits;
+        ev.n_vocab = e->model->cfg.n_vocab;
+    }
     if (!s->ignore_eos && is_eos(e, tok)) {
-        const char *p = NULL;
-        size_t n = 0;
-        core_tok_stream_flush(s->detok, &p, &n);
-        held_append(s, p, n);
+        seq_flush(s);
         seq_emit_done(s, CORE_FINISH_STOP, s->held, s->n_held);
         return true;
     }
     const char *piece = NULL;
     size_t n_piece = 0;
-    if (core_tok_stream_push(s->detok, tok, &piece, &n_piece) != RC_OK || !held_append(s, piece, n_piece)) {
+    if (core_tok_stream_push(s->detok, tok, &piece, &n_piece) != RC_OK ||
+        !held_append(s, piece, n_piece)) {
         seq_emit_error(s, RC_INTERNAL, "detokenization failed");
         return true;
     }
     long stop_at = stop_find(s);
     if (stop_at >= 0) {
-        core_event_t ev = {.kind = CORE_EV_TOKEN, .token = tok, .text = s->held,
-                           .text_len = (size_t)stop_at};
+        ev.text = s->held;
+        ev.text_len = (size_t)stop_at;
         seq_emit(s, &ev);
         seq_emit_done(s, CORE_FINISH_STOP, "", 0);
         return true;
     }
     bool last = s->n_gen >= s->max_tokens || s->n_tokens >= e->model->cfg.max_pos;
     size_t keep = last ? 0 : stop_partial(s);
-    if (last) {
-        const char *p = NULL;
-        size_t n = 0;
-        core_tok_stream_flush(s->detok, &p, &n);
-        held_append(s, p, n);
-    }
-    core_event_t ev = {.kind = CORE_EV_TOKEN, .token = tok, .text = s->held,
-                       .text_len = s->n_held - keep};
+    if (last)
+        seq_flush(s);
+    ev.text = s->held;
+    ev.text_len = s->n_held - keep;
     seq_emit(s, &ev);
     memmove(s->held, s->held + s->n_held - keep, keep);
     s->n_held = keep;
@@ -254,201 +314,563 @@ static bool seq_on_token(core_engine_t *e, seq_t *s, int32_t tok)
     return last;
 }
 
-/* ---- the engine thread ---------------------------------------------------------- */
+/* ---- groups and queues (engine thread) ------------------------------------------ */
+
+static group_t *group_get(core_engine_t *e, const char *name)
+{
+    for (group_t *g = e->groups; g; g = g->next)
+        if (strcmp(g->name, name) == 0)
+            return g;
+    group_t *g = calloc(1, sizeof *g);
+    if (!g || !(g->name = strdup(name))) {
+        free(g);
+        return NULL;
+    }
+    g->next = e->groups;
+    e->groups = g;
+    return g;
+}
+
+/* Groups live while they have sequences, so distinct group names cannot pile up. */
+static void group_gc(core_engine_t *e, group_t *g)
+{
+    if (!g || g->n_waiting || g->n_running)
+        return;
+    for (group_t **pp = &e->groups; *pp; pp = &(*pp)->next)
+        if (*pp == g) {
+            *pp = g->next;
+            free(g->name);
+            free(g);
+            return;
+        }
+}
+
+static void wait_push(core_engine_t *e, seq_t *s, bool front)
+{
+    group_t *g = s->grp;
+    if (front) {
+        s->next = g->wait_head;
+        g->wait_head = s;
+        if (!g->wait_tail)
+            g->wait_tail = s;
+    } else {
+        s->next = NULL;
+        if (g->wait_tail)
+            g->wait_tail->next = s;
+        else
+            g->wait_head = s;
+        g->wait_tail = s;
+    }
+    g->n_waiting++;
+    e->n_waiting++;
+}
+
+/* Unlink s from its group's waiting queue (s must be in it). */
+static void wait_remove(core_engine_t *e, seq_t *s)
+{
+    group_t *g = s->grp;
+    seq_t *prev = NULL;
+    for (seq_t *q = g->wait_head; q; prev = q, q = q->next)
+        if (q == s) {
+            if (prev)
+                prev->next = s->next;
+            else
+                g->wait_head = s->next;
+            if (g->wait_tail == s)
+                g->wait_tail = prev;
+            g->n_waiting--;
+            e->n_waiting--;
+            s->next = NULL;
+            return;
+        }
+}
+
+static void running_add(core_engine_t *e, seq_t *s)
+{
+    seq_t **pp = &e->running;
+    while (*pp)
+        pp = &(*pp)->next;
+    s->next = NULL;
+    *pp = s;
+    e->n_running++;
+    s->grp->n_running++;
+}
 
 static void running_remove(core_engine_t *e, seq_t *s)
 {
     for (seq_t **pp = &e->running; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
+            s->next = NULL;
             e->n_running--;
+            s->grp->n_running--;
             return;
         }
 }
 
+/* End a running sequence whose final event has been sent: its KV blocks return now. */
 static void seq_finish(core_engine_t *e, seq_t *s)
 {
+    group_t *g = s->grp;
     running_remove(e, s);
     seq_free(s);
+    group_gc(e, g);
 }
 
-/* Create the per-sequence state that submit left to the engine thread. */
-static bool seq_start(core_engine_t *e, seq_t *s)
+/* Preemption by recompute: drop the KV blocks and requeue at the front of its group with
+ * every token so far (prompt + generated). Sampler, detokenizer and held text stay, so
+ * once re-prefilled the output continues exactly where it stopped. */
+static void seq_preempt(core_engine_t *e, seq_t *s)
 {
-    s->kv = core_kv_new(&e->model->cfg);
-    s->sampler = core_sampler_new(s->sampling, e->model->cfg.n_vocab);
-    s->detok = core_tok_stream_new(e->tok, true);
-    if (!s->kv || !s->sampler || !s->detok) {
-        seq_emit_error(s, RC_NOMEM, "out of memory starting the sequence");
-        return false;
-    }
-    return true;
+    core_kv_reset(s->kv);
+    s->n_fed = 0;
+    s->has_blocks = false;
+    running_remove(e, s);
+    wait_push(e, s, true);
+    e->n_preempted++;
 }
 
-/* Under e->mu: true when id is in the cancel list (and removes it). */
-static bool take_cancel(core_engine_t *e, uint64_t id)
-{
-    for (int i = 0; i < e->n_cancels; i++)
-        if (e->cancels[i] == id) {
-            e->cancels[i] = e->cancels[--e->n_cancels];
-            return true;
-        }
-    return false;
-}
+/* ---- intake and cancellation (engine thread) ------------------------------------- */
 
-/* Under e->mu: apply cancellations (waiting sequences move to *cancelled, running ones
- * are marked) and move waiting sequences into the running list, up to max_seqs. Events
- * are sent after the lock is released. */
-static void admit_locked(core_engine_t *e, seq_t **cancelled)
+/* Newly submitted sequences: create their state and queue them in their group.
+ * max_tokens == 0 needs no forward pass and finishes here. */
+static void intake(core_engine_t *e, seq_t *list)
 {
-    for (seq_t *s = e->running; s && e->n_cancels; s = s->next)
-        if (take_cancel(e, s->id))
-            s->cancel = true;
-    seq_t **pp = &e->inbox_head;
-    e->inbox_tail = NULL;
-    while (*pp) {
-        seq_t *s = *pp;
-        if (e->n_cancels && take_cancel(e, s->id)) {
-            *pp = s->next;
-            e->n_inbox--;
-            s->next = *cancelled;
-            *cancelled = s;
-        } else if (e->n_running < e->params.max_seqs) {
-            *pp = s->next;
-            e->n_inbox--;
-            s->next = e->running;
-            e->running = s;
-            e->n_running++;
-        } else {
-            e->inbox_tail = s;
-            pp = &s->next;
-        }
-    }
-    e->n_cancels = 0; /* ids not found belong to finished requests */
-}
-
-static void cancel_marked(core_engine_t *e, seq_t *cancelled)
-{
-    while (cancelled) {
-        seq_t *next = cancelled->next;
-        seq_emit_done(cancelled, CORE_FINISH_CANCELLED, "", 0);
-        seq_free(cancelled);
-        cancelled = next;
-    }
-    for (seq_t *s = e->running, *next; s; s = next) {
+    for (seq_t *s = list, *next; s; s = next) {
         next = s->next;
-        if (s->cancel) {
+        s->kv = core_kv_new(e->pool);
+        s->sampler = core_sampler_new(s->sampling, e->model->cfg.n_vocab);
+        s->detok = core_tok_stream_new(e->tok, true);
+        s->grp = group_get(e, s->group_name);
+        if (!s->kv || !s->sampler || !s->detok || !s->grp) {
+            seq_emit_error(s, RC_NOMEM, "out of memory starting the sequence");
+            group_gc(e, s->grp);
+            seq_free(s);
+        } else if (s->max_tokens == 0) {
+            seq_emit_done(s, CORE_FINISH_LENGTH, "", 0);
+            group_gc(e, s->grp);
+            seq_free(s);
+        } else {
+            wait_push(e, s, false);
+        }
+    }
+}
+
+static seq_t *find_waiting(core_engine_t *e, uint64_t id)
+{
+    for (group_t *g = e->groups; g; g = g->next)
+        for (seq_t *s = g->wait_head; s; s = s->next)
+            if (s->id == id)
+                return s;
+    return NULL;
+}
+
+/* Cancelled sequences end now, waiting or running, so their KV blocks are back before the
+ * next step. Ids not found belong to finished requests. */
+static void apply_cancels(core_engine_t *e, const uint64_t *ids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        seq_t *s = NULL;
+        for (seq_t *r = e->running; r && !s; r = r->next)
+            if (r->id == ids[i])
+                s = r;
+        if (s) {
             seq_emit_done(s, CORE_FINISH_CANCELLED, "", 0);
             seq_finish(e, s);
+        } else if ((s = find_waiting(e, ids[i]))) {
+            group_t *g = s->grp;
+            wait_remove(e, s);
+            seq_emit_done(s, CORE_FINISH_CANCELLED, "", 0);
+            seq_free(s);
+            group_gc(e, g);
         }
     }
 }
 
-/* Fill e->items for this step. Decoding sequences first (one row each), then prompt
- * chunks within the remaining token budget. Returns the number of items. */
-static int build_batch(core_engine_t *e)
+/* Shutdown: every running and waiting sequence ends with DONE/cancelled. */
+static void cancel_all(core_engine_t *e)
 {
-    int n = 0, budget = e->params.max_batch_tokens;
-    const int n_vocab = e->model->cfg.n_vocab;
-    for (int pass = 0; pass < 2; pass++) {
-        for (seq_t *s = e->running; s && budget > 0; s = s->next) {
-            int todo = s->n_tokens - s->n_fed;
-            bool decoding = s->n_fed >= s->n_prompt;
-            if (todo <= 0 || decoding != (pass == 0))
-                continue;
-            int take = todo < budget ? todo : budget;
-            core_fwd_item_t *it = &e->items[n];
-            memset(it, 0, sizeof *it);
-            it->tokens = s->tokens + s->n_fed;
-            it->n_tokens = take;
-            it->kv = s->kv;
-            it->lora = s->lora;
-            it->lora_scale = s->lora_scale;
-            it->logits = e->logits + (size_t)n * n_vocab;
-            e->item_seq[n++] = s;
-            budget -= take;
+    while (e->running) {
+        seq_emit_done(e->running, CORE_FINISH_CANCELLED, "", 0);
+        seq_finish(e, e->running);
+    }
+    while (e->groups) {
+        group_t *g = e->groups;
+        seq_t *s = g->wait_head;
+        if (!s) {
+            group_gc(e, g);
+            continue;
         }
+        wait_remove(e, s);
+        seq_emit_done(s, CORE_FINISH_CANCELLED, "", 0);
+        seq_free(s);
+    }
+}
+
+/* ---- admission ---------------------------------------------------------------------- */
+
+/* The sequence has exactly one token to feed: it is decoding (this includes the last
+ * token of a prompt, which needs the same single row). */
+static bool seq_decoding(const seq_t *s)
+{
+    return s->n_tokens - s->n_fed == 1;
+}
+
+/* Blocks the running decodes will take this step. */
+static int decode_blocks(const core_engine_t *e)
+{
+    int n = 0;
+    for (const seq_t *s = e->running; s; s = s->next)
+        if (seq_decoding(s))
+            n += core_kv_blocks_needed(s->kv, 1);
+    return n;
+}
+
+/* Fair share: the group with the fewest running sequences goes first; among equals the
+ * one admitted least recently (a group never admitted wins), so one group flooding the
+ * queue cannot starve another group's request. */
+static group_t *admit_pick(const core_engine_t *e)
+{
+    group_t *best = NULL;
+    for (group_t *g = e->groups; g; g = g->next) {
+        if (!g->n_waiting)
+            continue;
+        if (!best || g->n_running < best->n_running ||
+            (g->n_running == best->n_running && g->last_admit < best->last_admit))
+            best = g;
+    }
+    return best;
+}
+
+/* Admit waiting sequences while max_seqs allows. The chosen one (FIFO in its group) only
+ * starts when the pool holds the blocks for its first chunk besides what this step's
+ * decodes take; otherwise admission stops and it keeps its turn, so a long prompt is not
+ * overtaken forever by short ones and a new sequence does not force a preemption. */
+static void admit(core_engine_t *e)
+{
+    int reserved = decode_blocks(e);
+    while (e->n_running < e->params.max_seqs) {
+        group_t *g = admit_pick(e);
+        if (!g)
+            return;
+        seq_t *s = g->wait_head;
+        int chunk = s->n_tokens < e->params.max_batch_tokens ? s->n_tokens
+                                                             : e->params.max_batch_tokens;
+        int need = core_kv_pool_blocks_for(e->pool, chunk);
+        if (need + reserved > core_kv_pool_n_free(e->pool))
+            return;
+        reserved += need;
+        wait_remove(e, s);
+        s->admit_tick = ++e->tick;
+        g->last_admit = s->admit_tick;
+        running_add(e, s);
+    }
+}
+
+/* ---- planning a step ------------------------------------------------------------------- */
+
+/* The preemption victim: among running sequences holding blocks, the one admitted last in
+ * the group with the most running sequences (the group most over its share pays). */
+static seq_t *pick_victim(const core_engine_t *e)
+{
+    seq_t *best = NULL;
+    for (seq_t *s = e->running; s; s = s->next) {
+        if (!s->has_blocks)
+            continue;
+        if (!best || s->grp->n_running > best->grp->n_running ||
+            (s->grp->n_running == best->grp->n_running && s->admit_tick > best->admit_tick))
+            best = s;
+    }
+    return best;
+}
+
+/* Every decoding sequence gets the block for its next position; when the pool is empty a
+ * victim is preempted (possibly the sequence itself) and the scan restarts. */
+static void reserve_decodes(core_engine_t *e)
+{
+restart:
+    for (seq_t *s = e->running; s; s = s->next) {
+        if (!seq_decoding(s) || core_kv_blocks_needed(s->kv, 1) == 0)
+            continue;
+        rc_t rc = core_kv_reserve(s->kv, 1);
+        if (rc == RC_OK) {
+            s->has_blocks = true;
+            continue;
+        }
+        if (rc == RC_BUSY) {
+            seq_t *v = pick_victim(e);
+            seq_preempt(e, v ? v : s);
+        } else {
+            seq_emit_error(s, rc, "cannot grow the KV cache");
+            seq_finish(e, s);
+        }
+        goto restart;
+    }
+}
+
+static void slot_add(core_engine_t *e, int n, seq_t *s, int n_tokens)
+{
+    slot_t *sl = &e->slots[n];
+    memset(sl, 0, sizeof *sl);
+    sl->item.tokens = s->tokens + s->n_fed;
+    sl->item.n_tokens = n_tokens;
+    sl->item.kv = s->kv;
+    sl->item.aset = s->aset;
+    sl->seq = s;
+    sl->order = n;
+}
+
+/* Prompt chunks go to the group prefilled least recently first (round robin between
+ * groups, so one long prompt cannot take every step), FIFO within a group. */
+static int cand_cmp(const void *pa, const void *pb)
+{
+    const seq_t *a = *(seq_t *const *)pa, *b = *(seq_t *const *)pb;
+    if (a->grp->last_prefill != b->grp->last_prefill)
+        return a->grp->last_prefill < b->grp->last_prefill ? -1 : 1;
+    return a->admit_tick < b->admit_tick ? -1 : a->admit_tick > b->admit_tick;
+}
+
+/* The largest part of a take-token chunk whose blocks the pool can give (<= 0: none).
+ * Cutting k*block_tokens positions needs exactly k blocks fewer. */
+static int chunk_fit(const core_engine_t *e, const seq_t *s, int take)
+{
+    int need = core_kv_blocks_needed(s->kv, take);
+    int n_free = core_kv_pool_n_free(e->pool);
+    if (need <= n_free)
+        return take;
+    return take - (need - n_free) * e->block_tokens;
+}
+
+/* Add prompt chunks after the n slots already planned, within budget rows. */
+static int plan_prefills(core_engine_t *e, int n, int budget)
+{
+    int n_cand = 0;
+    for (seq_t *s = e->running; s; s = s->next)
+        if (s->n_tokens - s->n_fed > 1)
+            e->cand[n_cand++] = s;
+    qsort(e->cand, (size_t)n_cand, sizeof *e->cand, cand_cmp);
+    for (int i = 0; i < n_cand && budget > 0; i++) {
+        seq_t *s = e->cand[i];
+        int todo = s->n_tokens - s->n_fed;
+        int take = chunk_fit(e, s, todo < budget ? todo : budget);
+        if (take <= 0 || core_kv_reserve(s->kv, take) != RC_OK)
+            continue; /* no blocks for it this step: it waits */
+        s->has_blocks = true;
+        s->grp->last_prefill = e->n_steps + 1;
+        slot_add(e, n++, s, take);
+        budget -= take;
     }
     return n;
 }
 
-static void run_step(core_engine_t *e, int n_items)
+/* A total order on adapter sets that is 0 exactly when core_aset_equal holds: NULL
+ * (base) first, then term count, then each term's LoRA identity and weight. */
+static int aset_cmp(const core_aset_t *a, const core_aset_t *b)
+{
+    if (a == b)
+        return 0;
+    if (!a || !b)
+        return a ? 1 : -1;
+    if (a->n != b->n)
+        return a->n < b->n ? -1 : 1;
+    for (int i = 0; i < a->n; i++) {
+        uintptr_t la = (uintptr_t)a->terms[i].lora, lb = (uintptr_t)b->terms[i].lora;
+        if (la != lb)
+            return la < lb ? -1 : 1;
+        if (a->terms[i].weight != b->terms[i].weight)
+            return a->terms[i].weight < b->terms[i].weight ? -1 : 1;
+    }
+    return 0;
+}
+
+static int slot_cmp(const void *pa, const void *pb)
+{
+    const slot_t *a = pa, *b = pb;
+    int c = aset_cmp(a->item.aset, b->item.aset);
+    return c ? c : a->order - b->order;
+}
+
+/* Items with equal adapter sets become adjacent, so each set is one contiguous segment of
+ * the batched projection; then the items get their logits rows. */
+static void order_batch(core_engine_t *e, int n)
+{
+    qsort(e->slots, (size_t)n, sizeof *e->slots, slot_cmp);
+    for (int i = 0; i < n; i++) {
+        e->slots[i].item.logits = e->logits + (size_t)i * (size_t)e->model->cfg.n_vocab;
+        e->items[i] = e->slots[i].item;
+    }
+}
+
+/* Plan the step: decodes first (one row each; max_seqs <= max_batch_tokens so they all
+ * fit), then prompt chunks in the rest of the budget. If nothing at all can run, blocks are
+ * held by sequences that cannot proceed: preempt one and plan again (a sequence alone in
+ * the pool always fits, so this ends). Returns the number of items. */
+static int plan_step(core_engine_t *e)
+{
+    while (e->n_running > 0) {
+        reserve_decodes(e);
+        int n = 0;
+        for (seq_t *s = e->running; s; s = s->next)
+            if (seq_decoding(s))
+                slot_add(e, n++, s, 1);
+        n = plan_prefills(e, n, e->params.max_batch_tokens - n);
+        if (n > 0) {
+            order_batch(e, n);
+            return n;
+        }
+        seq_t *v = pick_victim(e);
+        if (!v)
+            return 0;
+        seq_preempt(e, v);
+    }
+    return 0;
+}
+
+/* ---- running a step ------------------------------------------------------------------- */
+
+static void run_step(core_engine_t *e, int n)
 {
     core_err_t err = {{0}};
-    rc_t rc = core_forward(e->model, e->fwd, e->items, n_items, &err);
-    for (int i = 0; i < n_items; i++) {
-        seq_t *s = e->item_seq[i];
+    rc_t rc = core_forward(e->model, e->fwd, e->items, n, &err);
+    e->n_steps++;
+    for (int i = 0; i < n; i++) {
+        seq_t *s = e->slots[i].seq;
         if (rc != RC_OK) {
             seq_emit_error(s, rc, err.msg);
             seq_finish(e, s);
             continue;
         }
+        e->n_rows += (uint64_t)e->items[i].n_tokens;
         s->n_fed += e->items[i].n_tokens;
         if (s->n_fed < s->n_tokens)
-            continue; /* prompt chunk: nothing to sample yet */
+            continue; /* a prompt chunk: nothing to sample yet */
         int32_t tok = core_sampler_sample(s->sampler, e->items[i].logits);
-        if (seq_on_token(e, s, tok))
+        if (seq_on_token(e, s, tok, e->items[i].logits))
             seq_finish(e, s);
     }
 }
 
-/* Sequences that need no forward pass at all: newly admitted ones are started here, and
- * max_tokens == 0 finishes at once. */
-static void start_new(core_engine_t *e)
+/* Under e->mu: what stats readers and the queue limit see. */
+static void stats_publish_locked(core_engine_t *e)
 {
-    for (seq_t *s = e->running, *next; s; s = next) {
-        next = s->next;
-        if (s->kv)
-            continue;
-        if (!seq_start(e, s)) {
-            seq_finish(e, s);
-        } else if (s->max_tokens == 0) {
-            seq_emit_done(s, CORE_FINISH_LENGTH, "", 0);
-            seq_finish(e, s);
-        }
-    }
+    core_engine_stats_t *st = &e->stats;
+    st->n_running = e->n_running;
+    st->n_waiting = e->n_waiting;
+    st->kv_blocks_total = e->pool_blocks;
+    st->kv_blocks_used = e->pool_blocks - core_kv_pool_n_free(e->pool);
+    st->n_steps = e->n_steps;
+    st->n_preempted = e->n_preempted;
+    st->n_rows = e->n_rows;
+}
+
+/* Under e->mu: sleep until there is something to do, then take the inbox and the
+ * cancel ids. Returns the inbox list; *n_ids cancel ids are in e->taken_ids. */
+static seq_t *take_work_locked(core_engine_t *e, int *n_ids)
+{
+    while (!e->stopping && !e->inbox_head && !e->n_cancels && !e->n_running && !e->n_waiting)
+        pthread_cond_wait(&e->cv, &e->mu);
+    seq_t *in = e->inbox_head;
+    e->inbox_head = e->inbox_tail = NULL;
+    e->stats.n_waiting += e->n_inbox; /* still queued, until the next publish counts them */
+    e->n_inbox = 0;
+    /* swap the buffers: the engine reads the ids without the lock */
+    uint64_t *ids = e->taken_ids;
+    int cap = e->cap_taken;
+    e->taken_ids = e->cancels;
+    e->cap_taken = e->cap_cancels;
+    e->cancels = ids;
+    e->cap_cancels = cap;
+    *n_ids = e->n_cancels;
+    e->n_cancels = 0;
+    return in;
 }
 
 static void *engine_main(void *arg)
 {
     core_engine_t *e = arg;
     for (;;) {
-        seq_t *cancelled = NULL;
+        int n_ids = 0;
         pthread_mutex_lock(&e->mu);
-        while (!e->stopping && !e->inbox_head && !e->running && !e->n_cancels)
-            pthread_cond_wait(&e->cv, &e->mu);
-        if (e->stopping) {
-            for (seq_t *s = e->running; s; s = s->next)
-                s->cancel = true;
-            for (seq_t *s = e->inbox_head, *next; s; s = next) {
-                next = s->next;
-                s->next = cancelled;
-                cancelled = s;
-            }
-            e->inbox_head = e->inbox_tail = NULL;
-        } else {
-            admit_locked(e, &cancelled);
-        }
+        stats_publish_locked(e);
+        seq_t *in = take_work_locked(e, &n_ids);
         bool stop = e->stopping;
         pthread_mutex_unlock(&e->mu);
-        cancel_marked(e, cancelled);
+        intake(e, in);
+        apply_cancels(e, e->taken_ids, n_ids);
         if (stop)
             break;
-        start_new(e);
-        int n_items = build_batch(e);
-        if (n_items > 0)
-            run_step(e, n_items);
+        admit(e);
+        int n = plan_step(e);
+        if (n > 0)
+            run_step(e, n);
     }
+    cancel_all(e);
     return NULL;
 }
 
 /* ---- public API ------------------------------------------------------------------ */
 
+static rc_t check_params(const core_engine_params_t *p, core_err_t *err)
+{
+    if (p->max_batch_tokens < 1 || p->max_seqs < 1 || p->max_seqs > ENGINE_MAX_SEQS)
+        return core_err(err, RC_INVALID, "engine: max_batch_tokens must be >= 1 and max_seqs 1..%d",
+                        ENGINE_MAX_SEQS);
+    if (p->max_queue < 1 || p->kv_block_tokens < 1 || p->max_rank < 0)
+        return core_err(err, RC_INVALID,
+                        "engine: max_queue and kv_block_tokens must be >= 1, max_rank >= 0");
+    return RC_OK;
+}
+
+static void engine_release(core_engine_t *e)
+{
+    if (e->fwd)
+        core_fwd_free(e->fwd);
+    if (e->pool)
+        core_kv_pool_free(e->pool);
+    free(e->logits);
+    free(e->slots);
+    free(e->items);
+    free(e->cand);
+    free(e->cancels);
+    free(e->taken_ids);
+    free(e);
+}
+
+/* Pool, forward scratch sized for the largest step, and the per-step arrays. */
+static rc_t engine_alloc(core_engine_t *e, core_err_t *err)
+{
+    const core_engine_params_t *p = &e->params;
+    rc_t rc = core_kv_pool_new(&e->model->cfg, p->kv_budget_bytes, p->kv_block_tokens, &e->pool,
+                               err);
+    if (rc != RC_OK)
+        return rc;
+    e->pool_blocks = core_kv_pool_n_blocks(e->pool);
+    e->block_tokens = core_kv_pool_block_tokens(e->pool);
+    e->fwd = core_fwd_new(e->model);
+    if (!e->fwd)
+        return core_err(err, RC_NOMEM, "engine: out of memory");
+    rc = core_fwd_reserve(e->fwd, p->max_batch_tokens, p->max_rank, p->max_seqs);
+    if (rc != RC_OK)
+        return core_err(err, rc, "engine: cannot size the forward scratch for %d tokens per step",
+                        p->max_batch_tokens);
+    e->logits = malloc((size_t)p->max_seqs * (size_t)e->model->cfg.n_vocab * sizeof *e->logits);
+    e->slots = calloc((size_t)p->max_seqs, sizeof *e->slots);
+    e->items = calloc((size_t)p->max_seqs, sizeof *e->items);
+    e->cand = calloc((size_t)p->max_seqs, sizeof *e->cand);
+    if (!e->logits || !e->slots || !e->items || !e->cand)
+        return core_err(err, RC_NOMEM, "engine: out of memory");
+    return RC_OK;
+}
+
 rc_t core_engine_new(const core_model_t *m, const core_tok_t *tok, core_engine_params_t p,
                      core_engine_t **out, core_err_t *err)
 {
-    if (p.max_batch_tokens < 1 || p.max_seqs < 1 || p.max_seqs > 4096)
-        return core_err(err, RC_INVALID, "engine: max_batch_tokens must be >= 1 and max_seqs 1..4096");
+    rc_t rc = check_params(&p, err);
+    if (rc != RC_OK)
+        return rc;
+    /* Every running sequence needs its decode row in every step. */
+    if (p.max_seqs > p.max_batch_tokens)
+        p.max_seqs = p.max_batch_tokens;
     core_engine_t *e = calloc(1, sizeof *e);
     if (!e)
         return core_err(err, RC_NOMEM, "engine: out of memory");
@@ -456,28 +878,23 @@ rc_t core_engine_new(const core_model_t *m, const core_tok_t *tok, core_engine_p
     e->tok = tok;
     e->params = p;
     e->next_id = 1;
-    e->fwd = core_fwd_new(m);
-    e->logits = malloc((size_t)p.max_seqs * m->cfg.n_vocab * sizeof *e->logits);
-    e->items = calloc((size_t)p.max_seqs, sizeof *e->items);
-    e->item_seq = calloc((size_t)p.max_seqs, sizeof *e->item_seq);
-    if (!e->fwd || !e->logits || !e->items || !e->item_seq)
-        goto nomem;
+    rc = engine_alloc(e, err);
+    if (rc != RC_OK)
+        goto out;
+    e->stats.kv_blocks_total = e->pool_blocks;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         pthread_mutex_destroy(&e->mu);
         pthread_cond_destroy(&e->cv);
-        goto nomem;
+        rc = core_err(err, RC_NOMEM, "engine: cannot start the engine thread");
     }
-    *out = e;
-    return RC_OK;
-nomem:
-    core_fwd_free(e->fwd);
-    free(e->logits);
-    free(e->items);
-    free(e->item_seq);
-    free(e);
-    return core_err(err, RC_NOMEM, "engine: out of memory");
+out:
+    if (rc != RC_OK)
+        engine_release(e);
+    else
+        *out = e;
+    return rc;
 }
 
 void core_engine_free(core_engine_t *e)
@@ -489,15 +906,9 @@ void core_engine_free(core_engine_t *e)
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->thread, NULL);
-    while (e->running)
-        seq_finish(e, e->running);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
-    core_fwd_free(e->fwd);
-    free(e->logits);
-    free(e->items);
-    free(e->item_seq);
-    free(e);
+    engine_release(e);
 }
 
 static rc_t check_request(const core_engine_t *e, const core_request_t *r, core_err_t *err)
@@ -513,6 +924,13 @@ static rc_t check_request(const core_engine_t *e, const core_request_t *r, core_
         return core_err(err, RC_INVALID,
                         "prompt (%d tokens) plus max_tokens (%d) exceeds the model context of %d tokens",
                         r->n_prompt, r->max_tokens, c->max_pos);
+    /* Fits alone in the pool, so it can always finish (preemption never deadlocks). */
+    long blocks = ((long)r->n_prompt + r->max_tokens + e->block_tokens - 1) / e->block_tokens;
+    if (blocks > e->pool_blocks)
+        return core_err(err, RC_INVALID,
+                        "prompt (%d tokens) plus max_tokens (%d) needs %ld KV blocks of %d tokens "
+                        "but the KV cache (--kv-cache-bytes) holds only %d",
+                        r->n_prompt, r->max_tokens, blocks, e->block_tokens, e->pool_blocks);
     for (int i = 0; i < r->n_prompt; i++)
         if (r->prompt[i] < 0 || r->prompt[i] >= c->n_vocab)
             return core_err(err, RC_INVALID, "prompt token %d at position %d is outside the vocabulary (0..%d)",
@@ -532,10 +950,12 @@ rc_t core_engine_submit(core_engine_t *e, const core_request_t *r, uint64_t *req
     if (!s)
         return core_err(err, RC_NOMEM, "out of memory queueing the request");
     pthread_mutex_lock(&e->mu);
-    if (e->n_inbox >= ENGINE_MAX_QUEUE || e->stopping) {
+    /* Bounded queue: waiting = published waiting + not yet taken by the engine thread. */
+    if (e->stopping || e->stats.n_waiting + e->n_inbox >= e->params.max_queue) {
+        int limit = e->params.max_queue;
         pthread_mutex_unlock(&e->mu);
         seq_free(s);
-        return core_err(err, RC_BUSY, "the request queue is full");
+        return core_err(err, RC_BUSY, "the request queue is full (%d waiting, --max-queue)", limit);
     }
     s->id = e->next_id++;
     if (e->inbox_tail)
@@ -553,8 +973,26 @@ rc_t core_engine_submit(core_engine_t *e, const core_request_t *r, uint64_t *req
 void core_engine_cancel(core_engine_t *e, uint64_t req_id)
 {
     pthread_mutex_lock(&e->mu);
-    if (e->n_cancels < ENGINE_MAX_CANCELS)
+    if (e->n_cancels == e->cap_cancels) {
+        /* grows with the number of cancels per step; a failed grow drops this cancel and
+         * the request simply runs to its end */
+        int cap = e->cap_cancels ? 2 * e->cap_cancels : 64;
+        uint64_t *c = realloc(e->cancels, (size_t)cap * sizeof *c);
+        if (c) {
+            e->cancels = c;
+            e->cap_cancels = cap;
+        }
+    }
+    if (e->n_cancels < e->cap_cancels)
         e->cancels[e->n_cancels++] = req_id;
     pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void core_engine_stats(core_engine_t *e, core_engine_stats_t *out)
+{
+    pthread_mutex_lock(&e->mu);
+    *out = e->stats;
+    out->n_waiting += e->n_inbox;
     pthread_mutex_unlock(&e->mu);
 }

@@ -73,9 +73,23 @@ static const flag_t flags[] = {
      SERVE, "BYTES",
      "response bytes queued for a client that does not read; more closes the connection"},
     {"max-batch-tokens", FLAG_INT, OFF(max_batch_tokens), "2048", 1, 1 << 20, SERVE, "N",
-     "engine: tokens per batched step (prompt chunks + one decode token per sequence)"},
-    {"max-seqs", FLAG_INT, OFF(max_seqs), "64", 1, 65536, SERVE, "N",
-     "engine: sequences running at once"},
+     "engine: rows per batched step (one decode token per running sequence, then prompt "
+     "chunks); longer prompts are prefilled in chunks across steps"},
+    {"max-seqs", FLAG_INT, OFF(max_seqs), "64", 1, 4096, SERVE, "N",
+     "engine: sequences running at once (capped at --max-batch-tokens); more wait in the "
+     "queue"},
+    {"max-queue", FLAG_INT, OFF(max_queue), "256", 1, 1000000, SERVE, "N",
+     "engine: requests waiting to run; a request beyond it gets 429 with Retry-After"},
+    {"kv-cache-bytes", FLAG_SIZE, OFF(kv_cache_bytes), "1073741824", 1, 1LL << 46, SERVE,
+     "BYTES",
+     "engine: KV cache shared by all sequences, in blocks of --kv-block-tokens positions; "
+     "sequences wait (or are preempted and recomputed) for free blocks, and a request whose "
+     "prompt plus max_tokens can never fit gets 400"},
+    {"kv-block-tokens", FLAG_INT, OFF(kv_block_tokens), "16", 1, 65536, SERVE, "N",
+     "engine: positions per KV cache block (the unit the cache is handed out in)"},
+    {"max-rank", FLAG_INT, OFF(max_rank), "256", 0, 65536, SERVE, "N",
+     "engine: largest adapter-set rank (sum of r over a composition) the step scratch is "
+     "sized for at start; larger sets still run but allocate during the step"},
     {"log-level", FLAG_LEVEL, OFF(log_level), "info", 0, 0, BOTH, "LEVEL",
      "error, warn, info (one line per request) or debug"},
 };

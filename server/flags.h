@@ -51,6 +51,10 @@ typedef struct {
 
     int max_batch_tokens;
     int max_seqs;
+    int max_queue;
+    size_t kv_cache_bytes;
+    int kv_block_tokens;
+    int max_rank;
     int log_level; /* SRV_LOG_* */
 } srv_config_t;
 

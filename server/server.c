@@ -299,9 +299,17 @@ static int server_open_core(srv_server_t *s)
     core_engine_params_t ep = core_engine_default_params();
     ep.max_batch_tokens = cfg->max_batch_tokens;
     ep.max_seqs = cfg->max_seqs;
+    ep.max_queue = cfg->max_queue;
+    ep.kv_budget_bytes = cfg->kv_cache_bytes;
+    ep.kv_block_tokens = cfg->kv_block_tokens;
+    ep.max_rank = cfg->max_rank;
     rc = core_engine_new(s->model, s->tok, ep, &s->engine, &err);
     if (rc != RC_OK)
         return fail("engine", rc, &err);
+    core_engine_stats_t st;
+    core_engine_stats(s->engine, &st);
+    srv_log(SRV_LOG_INFO, "engine: KV cache of %d blocks x %d tokens, %d tokens per step",
+            st.kv_blocks_total, ep.kv_block_tokens, ep.max_batch_tokens);
     api_params_t ap = {.model = s->model,
                        .tok = s->tok,
                        .engine = s->engine,
