@@ -32,6 +32,10 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) -c $< -o $@
 
+# The few-row GEMM kernel is the one file built for AVX2/FMA; core/gemm.c calls it only
+# after checking the CPU at run time.
+$(BUILD)/core/kernel_avx2.o: ALLCFLAGS += -mavx2 -mfma
+
 # llhttp's C sources come from Debian's node-llhttp package; they are not ours, so
 # they build without our warning flags.
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
@@ -80,6 +84,11 @@ clean:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
-# Benchmarks print "BENCH <name> <value> <unit>" lines; run on the default model.
-bench: deps all default-data
-	$(BUILD)/tests/bench_decode data/model data/adapters/demo-b 128
+# Benchmarks print "BENCH <name> <value> <unit>" lines (not a timed test; run on an idle
+# machine). bench-data/ holds the synthetic bench model (~800 MB) and 32 rank-16 adapters,
+# generated once by tools/make_bench_model.py; bench_batch measures heterogeneous batched
+# decode against the memory bandwidth, bench_decode single-stream decode and prefill.
+bench: all
+	@/usr/bin/python3 tools/make_bench_model.py bench-data
+	$(BUILD)/tests/bench_batch bench-data 32 3
+	$(BUILD)/tests/bench_decode bench-data/model bench-data/adapters/a00 64

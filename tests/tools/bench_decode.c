@@ -21,24 +21,36 @@ static double now_s(void)
 
 /* Prefill n_prompt tokens into each of n_seq caches, then time n_steps batched decode
  * steps. Returns decode tokens/s summed over the sequences; *prefill_tps gets prefill rate. */
-static double run(const core_model_t *m, const core_lora_t *lora, int n_seq, int n_prompt,
+static double run(const core_model_t *m, const core_aset_t *aset, int n_seq, int n_prompt,
                   int n_steps, double *prefill_tps)
 {
     core_fwd_t *f = core_fwd_new(m);
+    core_kv_pool_t *pool = NULL;
     core_kv_t *kv[64];
     core_fwd_item_t items[64];
     int32_t *toks = malloc(sizeof(int32_t) * (size_t)n_prompt * n_seq);
     float *logits = malloc(sizeof(float) * (size_t)m->cfg.n_vocab * n_seq);
     core_err_t err = {{0}};
     unsigned rng = 12345;
+    size_t per_token = (size_t)m->cfg.n_layers * 2 * (size_t)m->cfg.n_kv_heads *
+                       (size_t)m->cfg.head_dim * sizeof(float);
+    if (!f || core_kv_pool_new(&m->cfg, per_token * (size_t)(n_prompt + n_steps + 32) * n_seq,
+                               16, &pool, &err) != RC_OK) {
+        fprintf(stderr, "kv pool: %s\n", err.msg);
+        exit(1);
+    }
     for (int i = 0; i < n_prompt * n_seq; i++) {
         rng = rng * 1103515245u + 12345u;
         toks[i] = (int32_t)((rng >> 8) % (unsigned)m->cfg.n_vocab);
     }
     for (int s = 0; s < n_seq; s++) {
-        kv[s] = core_kv_new(&m->cfg);
+        kv[s] = core_kv_new(pool);
+        if (!kv[s]) {
+            fprintf(stderr, "kv: out of memory\n");
+            exit(1);
+        }
         items[s] = (core_fwd_item_t){.tokens = toks + s * n_prompt, .n_tokens = n_prompt,
-                                     .kv = kv[s], .lora = lora, .lora_scale = 1.0f,
+                                     .kv = kv[s], .aset = aset,
                                      .logits = logits + (size_t)s * m->cfg.n_vocab};
     }
     double t0 = now_s();
@@ -61,6 +73,7 @@ static double run(const core_model_t *m, const core_lora_t *lora, int n_seq, int
     double t2 = now_s();
     for (int s = 0; s < n_seq; s++)
         core_kv_free(kv[s]);
+    core_kv_pool_free(pool);
     core_fwd_free(f);
     free(toks);
     free(logits);
@@ -77,7 +90,8 @@ int main(int argc, char **argv)
     core_err_t err = {{0}};
     core_model_t *m = NULL;
     core_lora_t *lora = NULL;
-    core_gemm_init(2);
+    core_aset_t *aset = NULL;
+    core_gemm_init(0);
     if (core_model_load(argv[1], &m, &err) != RC_OK) {
         fprintf(stderr, "model: %s\n", err.msg);
         return 1;
@@ -86,18 +100,27 @@ int main(int argc, char **argv)
         fprintf(stderr, "lora: %s\n", err.msg);
         return 1;
     }
+    if (lora) {
+        core_lora_term_t term = {lora, 1.0f};
+        if (core_aset_new(&term, 1, &aset, &err) != RC_OK) {
+            fprintf(stderr, "aset: %s\n", err.msg);
+            return 1;
+        }
+    }
     double prefill = 0, ignored = 0;
     double base = run(m, NULL, 1, 128, n_steps, &prefill);
     printf("BENCH decode_single_base %.1f tok/s\n", base);
     printf("BENCH prefill_128_base %.1f tok/s\n", prefill);
     if (lora) {
-        double with = run(m, lora, 1, 128, n_steps, &ignored);
+        double with = run(m, aset, 1, 128, n_steps, &ignored);
         printf("BENCH decode_single_lora %.1f tok/s\n", with);
         printf("BENCH decode_lora_over_base %.3f ratio\n", with / base);
     }
-    double batch8 = run(m, lora, 8, 32, n_steps / 2, &ignored);
+    double batch8 = run(m, aset, 8, 32, n_steps / 2, &ignored);
     printf("BENCH decode_batch8_aggregate %.1f tok/s\n", batch8);
     printf("BENCH decode_batch8_over_single %.3f ratio\n", batch8 / base);
+    if (aset)
+        core_aset_release(aset);
     if (lora)
         core_lora_release(lora);
     core_model_free(m);
