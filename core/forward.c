@@ -1,46 +1,149 @@
-/* forward.c - the KV cache and the batched forward pass of a Llama-family model.
+/* forward.c - the paged KV cache and the batched forward pass of a Llama-family model.
  *
- * One core_forward call runs every new token of every item as one batch of T rows: the
- * linear layers are one GEMM over all T rows (the weights are read once per step), each
- * item's LoRA adds its low-rank delta to its own rows, and attention runs per item
- * against that item's own KV cache. Layout: activations are row-major (T, width), row r
- * belonging to the item whose token range contains r, in item order.
+ * One core_forward call runs every new token of every item as one batch of T rows: each
+ * linear layer is ONE GEMM over all T rows (the weights are read once per step), then
+ * every segment of adjacent items sharing an adapter set adds that set's low-rank deltas
+ * to its own rows (shrink + expand per LoRA term, mixed ranks without padding, base-only
+ * rows skipped), and attention runs per item against that item's paged KV cache. Layout:
+ * activations are row-major (T, width), row r belonging to the item whose token range
+ * contains r, in item order.
  *
- * Threads: a core_fwd_t and a core_kv_t belong to one thread at a time; the model is only
- * read. No threads are created here (BLAS has its own). Nothing allocates after the
- * validation/reservation phase at the top of core_forward, so a failed step leaves every
- * cache as it was. */
+ * KV pool: one arena of n_blocks fixed-size blocks, mapped once (pages cost nothing until
+ * first written), and a stack of free block ids. Block b holds, for every layer l, K then
+ * V of block_tokens consecutive positions (kv_dim floats each). A cache is a block table;
+ * position p lives in block table[p / block_tokens] at row p % block_tokens.
+ *
+ * Threads: a core_fwd_t, a pool and its caches belong to one thread at a time; the model
+ * is only read. No threads are created here (the GEMM has its own). Everything that can
+ * fail (validation, scratch growth, KV blocks) happens at the top of core_forward before
+ * any cache is touched, so a failed step appends nothing. */
+#include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "core/gemm.h"
 #include "core/lora.h"
 #include "core/model.h"
 
-/* ---- KV cache ------------------------------------------------------------------- */
+/* ---- paged KV cache ------------------------------------------------------------- */
 
-struct core_kv {
-    int n_layers, kv_dim, max_pos;
-    int len;        /* positions filled */
-    int cap;        /* positions allocated in every layer's k and v */
-    float **k, **v; /* n_layers x (cap, kv_dim) */
+struct core_kv_pool {
+    int n_layers, kv_dim, max_pos, block_tokens;
+    size_t block_floats; /* n_layers * 2 * block_tokens * kv_dim */
+    int n_blocks, n_free;
+    int *free_ids; /* stack: free_ids[0 .. n_free) are free, the top is popped first */
+    float *arena;  /* (n_blocks, block_floats) */
+    size_t arena_bytes;
 };
 
-core_kv_t *core_kv_new(const core_config_t *cfg)
+struct core_kv {
+    core_kv_pool_t *pool;
+    int len;      /* positions filled */
+    int n_blocks; /* blocks held: table[0 .. n_blocks), may cover more than len */
+    int cap;      /* entries of table */
+    int *table;
+};
+
+rc_t core_kv_pool_new(const core_config_t *cfg, size_t budget_bytes, int block_tokens,
+                      core_kv_pool_t **out, core_err_t *err)
 {
-    core_kv_t *kv = calloc(1, sizeof *kv);
-    if (!kv)
-        return NULL;
-    kv->n_layers = cfg->n_layers;
-    kv->kv_dim = cfg->n_kv_heads * cfg->head_dim;
-    kv->max_pos = cfg->max_pos;
-    kv->k = calloc((size_t)cfg->n_layers, sizeof *kv->k);
-    kv->v = calloc((size_t)cfg->n_layers, sizeof *kv->v);
-    if (!kv->k || !kv->v) {
-        core_kv_free(kv);
-        return NULL;
+    *out = NULL;
+    if (!cfg || cfg->n_layers < 1 || cfg->n_kv_heads < 1 || cfg->head_dim < 1 ||
+        cfg->max_pos < 1)
+        return core_err(err, RC_INVALID, "kv pool: bad model config");
+    if (block_tokens < 1 || block_tokens > (1 << 16))
+        return core_err(err, RC_INVALID, "kv pool: block_tokens %d outside 1..65536",
+                        block_tokens);
+    size_t kvd = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    size_t per_layer = 2 * (size_t)block_tokens * kvd;
+    if (per_layer > SIZE_MAX / sizeof(float) / (size_t)cfg->n_layers)
+        return core_err(err, RC_LIMIT, "kv pool: block size overflows");
+    size_t block_floats = per_layer * (size_t)cfg->n_layers;
+    size_t block_bytes = block_floats * sizeof(float);
+    size_t n = budget_bytes / block_bytes;
+    if (n == 0)
+        return core_err(err, RC_LIMIT,
+                        "kv budget of %zu bytes holds no block of %zu bytes (%d tokens)",
+                        budget_bytes, block_bytes, block_tokens);
+    if (n > INT_MAX)
+        n = INT_MAX;
+    core_kv_pool_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return core_err(err, RC_NOMEM, "kv pool: out of memory");
+    p->n_layers = cfg->n_layers;
+    p->kv_dim = (int)kvd;
+    p->max_pos = cfg->max_pos;
+    p->block_tokens = block_tokens;
+    p->block_floats = block_floats;
+    p->n_blocks = p->n_free = (int)n;
+    p->arena_bytes = n * block_bytes;
+    p->free_ids = malloc(n * sizeof *p->free_ids);
+    /* mmap, not malloc: the budget is reserved address space, only written pages cost */
+    void *a = mmap(NULL, p->arena_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    p->arena = a == MAP_FAILED ? NULL : a;
+    if (!p->free_ids || !p->arena) {
+        core_kv_pool_free(p);
+        return core_err(err, RC_NOMEM, "kv pool: cannot map %zu bytes", n * block_bytes);
     }
+    for (size_t i = 0; i < n; i++) /* block 0 on top: a fresh pool hands out 0, 1, 2... */
+        p->free_ids[i] = (int)(n - 1 - i);
+    *out = p;
+    return RC_OK;
+}
+
+void core_kv_pool_free(core_kv_pool_t *p)
+{
+    if (!p)
+        return;
+    if (p->arena)
+        munmap(p->arena, p->arena_bytes);
+    free(p->free_ids);
+    free(p);
+}
+
+int core_kv_pool_n_blocks(const core_kv_pool_t *p)
+{
+    return p->n_blocks;
+}
+
+int core_kv_pool_n_free(const core_kv_pool_t *p)
+{
+    return p->n_free;
+}
+
+int core_kv_pool_block_tokens(const core_kv_pool_t *p)
+{
+    return p->block_tokens;
+}
+
+size_t core_kv_pool_block_bytes(const core_kv_pool_t *p)
+{
+    return p->block_floats * sizeof(float);
+}
+
+int core_kv_pool_blocks_for(const core_kv_pool_t *p, int n_tokens)
+{
+    return n_tokens <= 0 ? 0 : (n_tokens - 1) / p->block_tokens + 1;
+}
+
+/* K of block b, layer l: (block_tokens, kv_dim); V follows at + block_tokens * kv_dim. */
+static inline float *kv_block(const core_kv_pool_t *p, int b, int l)
+{
+    return p->arena + (size_t)b * p->block_floats +
+           (size_t)l * 2 * (size_t)p->block_tokens * (size_t)p->kv_dim;
+}
+
+core_kv_t *core_kv_new(core_kv_pool_t *pool)
+{
+    if (!pool)
+        return NULL;
+    core_kv_t *kv = calloc(1, sizeof *kv);
+    if (kv)
+        kv->pool = pool;
     return kv;
 }
 
@@ -48,12 +151,8 @@ void core_kv_free(core_kv_t *kv)
 {
     if (!kv)
         return;
-    for (int l = 0; kv->k && l < kv->n_layers; l++)
-        free(kv->k[l]);
-    for (int l = 0; kv->v && l < kv->n_layers; l++)
-        free(kv->v[l]);
-    free(kv->k);
-    free(kv->v);
+    core_kv_reset(kv);
+    free(kv->table);
     free(kv);
 }
 
@@ -62,33 +161,78 @@ int core_kv_len(const core_kv_t *kv)
     return kv->len;
 }
 
-/* Make room for need positions (doubling, capped at max_pos). On failure the cache keeps
- * its contents and old capacity (buffers already grown are merely larger than cap). */
-static rc_t kv_reserve(core_kv_t *kv, int need)
+int core_kv_blocks_needed(const core_kv_t *kv, int n_new)
 {
-    if (need <= kv->cap)
+    long long want = (long long)kv->len + (n_new > 0 ? n_new : 0);
+    if (want > INT_MAX)
+        want = INT_MAX;
+    int need = core_kv_pool_blocks_for(kv->pool, (int)want) - kv->n_blocks;
+    return need > 0 ? need : 0;
+}
+
+/* Room in the table for n block ids (doubling, capped at what max_pos can use). Holds
+ * no blocks, so failing here changes nothing visible. */
+static rc_t kv_table_grow(core_kv_t *kv, int n)
+{
+    if (n <= kv->cap)
         return RC_OK;
-    int cap = kv->cap ? kv->cap : 16;
-    while (cap < need)
-        cap = cap > kv->max_pos / 2 ? kv->max_pos : cap * 2;
-    if (cap > kv->max_pos)
-        cap = kv->max_pos;
-    size_t bytes = (size_t)cap * (size_t)kv->kv_dim * sizeof(float);
-    for (int l = 0; l < kv->n_layers; l++) {
-        float *k = realloc(kv->k[l], bytes);
-        if (!k)
-            return RC_NOMEM;
-        kv->k[l] = k;
-        float *v = realloc(kv->v[l], bytes);
-        if (!v)
-            return RC_NOMEM;
-        kv->v[l] = v;
-    }
+    int most = core_kv_pool_blocks_for(kv->pool, kv->pool->max_pos);
+    int cap = kv->cap ? kv->cap : 4;
+    while (cap < n)
+        cap = cap > most / 2 ? most : cap * 2;
+    if (cap < n)
+        cap = n;
+    int *t = realloc(kv->table, (size_t)cap * sizeof *t);
+    if (!t)
+        return RC_NOMEM;
+    kv->table = t;
     kv->cap = cap;
     return RC_OK;
 }
 
+/* Pop need blocks into the table; the caller checked the pool and grew the table. */
+static void kv_take(core_kv_t *kv, int need)
+{
+    core_kv_pool_t *p = kv->pool;
+    for (int i = 0; i < need; i++)
+        kv->table[kv->n_blocks++] = p->free_ids[--p->n_free];
+}
+
+rc_t core_kv_reserve(core_kv_t *kv, int n_new)
+{
+    if (n_new < 0)
+        return RC_INVALID;
+    if (n_new > kv->pool->max_pos - kv->len)
+        return RC_LIMIT;
+    int need = core_kv_blocks_needed(kv, n_new);
+    if (need == 0)
+        return RC_OK;
+    if (need > kv->pool->n_free)
+        return RC_BUSY;
+    rc_t rc = kv_table_grow(kv, kv->n_blocks + need);
+    if (rc)
+        return rc;
+    kv_take(kv, need);
+    return RC_OK;
+}
+
+void core_kv_reset(core_kv_t *kv)
+{
+    core_kv_pool_t *p = kv->pool;
+    /* pushed last-first so the next sequence gets them back in the same order */
+    while (kv->n_blocks > 0)
+        p->free_ids[p->n_free++] = kv->table[--kv->n_blocks];
+    kv->len = 0;
+}
+
 /* ---- scratch -------------------------------------------------------------------- */
+
+/* Rows [row, row + n_rows) of the step share the adapter set aset (never NULL here:
+ * base-only rows form no segment). */
+typedef struct {
+    size_t row, n_rows;
+    const core_aset_t *aset;
+} fwd_seg_t;
 
 struct core_fwd {
     const core_model_t *m;
@@ -101,12 +245,14 @@ struct core_fwd {
     float *gate, *up; /* (rows, hidden_dim) */
     float *cos, *sin; /* (rows, head_dim/2) */
     size_t cap_lora;  /* floats of lora_tmp */
-    float *lora_tmp;  /* (rows, r) shrink output */
+    float *lora_tmp;  /* (rows of a segment, r of one term) shrink output */
     size_t cap_scores;
-    float *scores;  /* (ctx) attention weights of one head */
-    size_t cap_out; /* logit rows */
-    float *xl;      /* (out rows, dim) hidden states whose logits are wanted */
-    float *logits;  /* (out rows, n_vocab) when several items share the lm_head GEMM */
+    float *scores; /* (ctx) attention weights of one head */
+    size_t cap_xl, cap_lg; /* floats */
+    float *xl;     /* (out rows, dim) hidden states whose logits are wanted */
+    float *logits; /* (out rows, n_vocab) when several items share the lm_head GEMM */
+    size_t cap_segs, n_segs;
+    fwd_seg_t *segs; /* this step's adapter segments */
 };
 
 /* transformers' _compute_llama3_parameters: long wavelengths are slowed by factor,
@@ -158,6 +304,7 @@ void core_fwd_free(core_fwd_t *f)
     free(f->scores);
     free(f->xl);
     free(f->logits);
+    free(f->segs);
     free(f);
 }
 
@@ -166,6 +313,8 @@ static rc_t grow(float **p, size_t *cap, size_t need)
 {
     if (need <= *cap)
         return RC_OK;
+    if (need > SIZE_MAX / sizeof **p)
+        return RC_NOMEM;
     float *n = malloc(need * sizeof *n);
     if (!n)
         return RC_NOMEM;
@@ -203,38 +352,98 @@ static rc_t fwd_reserve_rows(core_fwd_t *f, size_t rows)
     return RC_OK;
 }
 
-/* ---- validation ----------------------------------------------------------------- */
+/* Every buffer a step of n_rows rows, n_out logit rows (n_items items, n_items > 1 when
+ * the logits go through scratch), shrink rank max_rank and context max_ctx needs. */
+static rc_t fwd_grow(core_fwd_t *f, size_t n_rows, size_t n_out, size_t n_items,
+                     size_t max_rank, size_t max_ctx)
+{
+    const core_config_t *c = &f->m->cfg;
+    size_t lg_rows = n_items > 1 ? n_out : 0;
+    rc_t rc;
+    if ((rc = fwd_reserve_rows(f, n_rows)) ||
+        (rc = grow(&f->lora_tmp, &f->cap_lora, n_rows * (max_rank ? max_rank : 1))) ||
+        (rc = grow(&f->scores, &f->cap_scores, max_ctx)) ||
+        (rc = grow(&f->xl, &f->cap_xl, n_out * (size_t)c->dim)) ||
+        (rc = grow(&f->logits, &f->cap_lg, lg_rows * (size_t)c->n_vocab)))
+        return rc;
+    if (n_items > f->cap_segs) {
+        fwd_seg_t *s = malloc(n_items * sizeof *s);
+        if (!s)
+            return RC_NOMEM;
+        free(f->segs);
+        f->segs = s;
+        f->cap_segs = n_items;
+    }
+    return RC_OK;
+}
+
+rc_t core_fwd_reserve(core_fwd_t *f, int max_rows, int max_rank, int max_items)
+{
+    if (!f || max_rows < 1 || max_rank < 0 || max_items < 1)
+        return RC_INVALID;
+    /* n_items <= n_rows (each item has a token); one logit row per item is the common
+     * case, all_logits items grow the logit rows later; attention may see max_pos */
+    size_t items = (size_t)(max_items < max_rows ? max_items : max_rows);
+    return fwd_grow(f, (size_t)max_rows, items, items, (size_t)max_rank,
+                    (size_t)f->m->cfg.max_pos);
+}
+
+/* ---- validation and reservation ------------------------------------------------- */
 
 typedef struct {
     size_t n_rows;   /* T: all new tokens */
     size_t n_out;    /* rows whose logits are wanted */
     size_t max_ctx;  /* longest kv_len + n_tokens */
-    size_t max_rank; /* widest LoRA module among the items */
+    size_t max_rank; /* widest module of any LoRA term the step applies */
 } batch_dims_t;
+
+/* The widest module rank of l (rank_pattern may exceed the config's r). */
+static size_t lora_max_rank(const core_lora_t *l)
+{
+    size_t r = 0;
+    for (int k = 0; k < l->n_layers * CORE_MOD__COUNT; k++)
+        if (l->mods[k].A && (size_t)l->mods[k].r > r)
+            r = (size_t)l->mods[k].r;
+    return r;
+}
+
+static rc_t check_aset(const core_config_t *c, const core_aset_t *s, int i, core_err_t *err)
+{
+    if (s->n < 1 || s->n > CORE_ASET_MAX)
+        return core_err(err, RC_INVALID, "item %d: adapter set has %d terms", i, s->n);
+    for (int k = 0; k < s->n; k++) {
+        const core_lora_t *l = s->terms[k].lora;
+        if (!l || !isfinite(s->terms[k].weight))
+            return core_err(err, RC_INVALID, "item %d: adapter set term %d is invalid", i, k);
+        if (l->n_layers != c->n_layers)
+            return core_err(err, RC_MISMATCH, "item %d: adapter %d has %d layers, model %d", i,
+                            k, l->n_layers, c->n_layers);
+    }
+    return RC_OK;
+}
 
 static rc_t check_item(const core_model_t *m, const core_fwd_item_t *it, int i, core_err_t *err)
 {
     const core_config_t *c = &m->cfg;
     if (!it->tokens || it->n_tokens < 1 || !it->kv || !it->logits)
         return core_err(err, RC_INVALID, "item %d: needs tokens, n_tokens >= 1, kv and logits", i);
-    if (it->kv->n_layers != c->n_layers || it->kv->kv_dim != c->n_kv_heads * c->head_dim)
+    const core_kv_pool_t *p = it->kv->pool;
+    if (p->n_layers != c->n_layers || p->kv_dim != c->n_kv_heads * c->head_dim)
         return core_err(err, RC_INVALID, "item %d: kv cache was made for another model", i);
-    if (it->lora && it->lora->n_layers != c->n_layers)
-        return core_err(err, RC_MISMATCH, "item %d: adapter has %d layers, model %d", i,
-                        it->lora->n_layers, c->n_layers);
-    if (!isfinite(it->lora_scale))
-        return core_err(err, RC_INVALID, "item %d: lora_scale is not finite", i);
+    if (it->aset) {
+        rc_t rc = check_aset(c, it->aset, i, err);
+        if (rc)
+            return rc;
+    }
     for (int t = 0; t < it->n_tokens; t++)
         if (it->tokens[t] < 0 || it->tokens[t] >= c->n_vocab)
             return core_err(err, RC_INVALID,
-                            "item %d: token id %d (index %d) is outside the "
-                            "vocab of %d",
-                            i, (int)it->tokens[t], t, c->n_vocab);
-    if (it->n_tokens > c->max_pos - it->kv->len)
-        return core_err(err, RC_LIMIT,
-                        "item %d: %d cached + %d new tokens exceed the "
-                        "context of %d",
-                        i, it->kv->len, it->n_tokens, c->max_pos);
+                            "item %d: token id %d (index %d) is outside the vocab of %d", i,
+                            (int)it->tokens[t], t, c->n_vocab);
+    int max_pos = c->max_pos < p->max_pos ? c->max_pos : p->max_pos;
+    if (it->n_tokens > max_pos - it->kv->len)
+        return core_err(err, RC_LIMIT, "item %d: %d cached + %d new tokens exceed the context of %d",
+                        i, it->kv->len, it->n_tokens, max_pos);
     return RC_OK;
 }
 
@@ -254,53 +463,60 @@ static rc_t check_batch(const core_model_t *m, const core_fwd_item_t *items, int
         d->n_out += it->all_logits ? (size_t)it->n_tokens : 1;
         if ((size_t)(it->kv->len + it->n_tokens) > d->max_ctx)
             d->max_ctx = (size_t)(it->kv->len + it->n_tokens);
-        if (!it->lora)
+        /* a set repeated on adjacent items was measured already */
+        if (!it->aset || (i > 0 && core_aset_equal(items[i - 1].aset, it->aset)))
             continue;
-        for (int k = 0; k < it->lora->n_layers * CORE_MOD__COUNT; k++)
-            if (it->lora->mods[k].A && (size_t)it->lora->mods[k].r > d->max_rank)
-                d->max_rank = (size_t)it->lora->mods[k].r;
+        for (int k = 0; k < it->aset->n; k++) {
+            size_t r = lora_max_rank(it->aset->terms[k].lora);
+            d->max_rank = r > d->max_rank ? r : d->max_rank;
+        }
     }
     return RC_OK;
 }
 
-/* All allocation of a step happens here, before any cache is touched. */
-static rc_t reserve(core_fwd_t *f, core_fwd_item_t *items, int n_items, const batch_dims_t *d,
-                    core_err_t *err)
+/* The KV blocks of every item, all or none: RC_BUSY (nothing taken) when some pool has
+ * fewer free blocks than the items drawing from it need together. */
+static rc_t reserve_blocks(core_fwd_item_t *items, int n_items, core_err_t *err)
 {
-    const core_config_t *c = &f->m->cfg;
-    rc_t rc;
-    if ((rc = fwd_reserve_rows(f, d->n_rows)) ||
-        (rc = grow(&f->lora_tmp, &f->cap_lora, d->n_rows * (d->max_rank ? d->max_rank : 1))) ||
-        (rc = grow(&f->scores, &f->cap_scores, d->max_ctx)))
-        goto out;
-    /* xl holds cap_out rows; logits, when present, always cap_out rows too. It is only
-     * needed when several items share the lm_head GEMM. */
-    if (d->n_out > f->cap_out) {
-        free(f->xl);
-        free(f->logits);
-        f->logits = NULL;
-        f->cap_out = 0;
-        f->xl = malloc(d->n_out * (size_t)c->dim * sizeof(float));
-        if (!f->xl) {
-            rc = RC_NOMEM;
-            goto out;
-        }
-        f->cap_out = d->n_out;
+    for (int i = 0; i < n_items; i++) {
+        core_kv_t *kv = items[i].kv;
+        if (kv_table_grow(kv, kv->n_blocks + core_kv_blocks_needed(kv, items[i].n_tokens)))
+            return core_err(err, RC_NOMEM, "item %d: out of memory for its block table", i);
     }
-    if (n_items > 1 && !f->logits) {
-        f->logits = malloc(f->cap_out * (size_t)c->n_vocab * sizeof(float));
-        if (!f->logits) {
-            rc = RC_NOMEM;
-            goto out;
-        }
+    for (int i = 0; i < n_items; i++) {
+        const core_kv_pool_t *p = items[i].kv->pool;
+        int j = 0, need = 0;
+        while (items[j].kv->pool != p) /* count each pool once, at its first item */
+            j++;
+        if (j < i)
+            continue;
+        for (; j < n_items; j++)
+            if (items[j].kv->pool == p)
+                need += core_kv_blocks_needed(items[j].kv, items[j].n_tokens);
+        if (need > p->n_free)
+            return core_err(err, RC_BUSY, "kv pool: the step needs %d blocks, %d are free",
+                            need, p->n_free);
     }
     for (int i = 0; i < n_items; i++)
-        if ((rc = kv_reserve(items[i].kv, items[i].kv->len + items[i].n_tokens)))
-            goto out;
-out:
-    if (rc)
-        core_err(err, rc, "forward: out of memory for a batch of %zu tokens", d->n_rows);
-    return rc;
+        kv_take(items[i].kv, core_kv_blocks_needed(items[i].kv, items[i].n_tokens));
+    return RC_OK;
+}
+
+/* Adjacent items with equal sets become one segment; base-only items none. */
+static void build_segments(core_fwd_t *f, const core_fwd_item_t *items, int n_items)
+{
+    size_t row = 0;
+    f->n_segs = 0;
+    for (int i = 0; i < n_items; row += (size_t)items[i].n_tokens, i++) {
+        const core_aset_t *s = items[i].aset;
+        if (!s)
+            continue;
+        fwd_seg_t *last = f->n_segs ? &f->segs[f->n_segs - 1] : NULL;
+        if (last && last->row + last->n_rows == row && core_aset_equal(last->aset, s))
+            last->n_rows += (size_t)items[i].n_tokens;
+        else
+            f->segs[f->n_segs++] = (fwd_seg_t){row, (size_t)items[i].n_tokens, s};
+    }
 }
 
 /* ---- kernels (shape contracts in the comments; none allocates) ----------------- */
@@ -320,7 +536,8 @@ static void rmsnorm(float *y, const float *x, const float *w, size_t n_rows, siz
     }
 }
 
-/* y = x W^T + b over all rows.  x: (n_rows, n_in)  y: (n_rows, n_out). */
+/* y = x W^T + b over all rows: ONE GEMM, the weights read once for the whole step.
+ * x: (n_rows, n_in)  y: (n_rows, n_out). */
 static void linear(float *y, const float *x, const core_linear_t *L, size_t n_rows)
 {
     size_t n_out = (size_t)L->n_out;
@@ -332,31 +549,26 @@ static void linear(float *y, const float *x, const core_linear_t *L, size_t n_ro
             y[r * n_out + o] += L->b[o];
 }
 
-/* y[rows of s] += s * (x[rows of s] A^T) B^T for every segment s of consecutive items
- * sharing one adapter and scale, so each segment is one shrink and one expand GEMM.
- * x: (T, n_in)  y: (T, n_out)  A: (r, n_in)  B: (n_out, r)  tmp: (T, r). */
-static void lora_add(const core_fwd_item_t *items, int n_items, int layer, core_mod_t mod,
-                     const float *x, float *y, const core_linear_t *L, float *tmp)
+/* y_s += sum_i (w_i s_i) (x_s A_i^T) B_i^T for every segment s and every term i of its
+ * set whose LoRA targets this module: one shrink and one expand per term, each at the
+ * term's own rank (no padding). Base-only rows belong to no segment.
+ * x: (T, n_in)  y: (T, n_out)  A_i: (r_i, n_in)  B_i: (n_out, r_i)  tmp: (T_s, r_i). */
+static void lora_add(const core_fwd_t *f, int layer, core_mod_t mod, const float *x, float *y,
+                     const core_linear_t *L)
 {
-    size_t n_in = (size_t)L->n_in, n_out = (size_t)L->n_out, row = 0;
-    for (int i = 0; i < n_items;) {
-        const core_fwd_item_t *it = &items[i];
-        size_t n_rows = 0;
-        int j = i;
-        for (; j < n_items && items[j].lora == it->lora && items[j].lora_scale == it->lora_scale;
-             j++)
-            n_rows += (size_t)items[j].n_tokens;
-        if (it->lora && it->lora_scale != 0.0f) {
-            const core_lora_mod_t *lm = core_lora_mod(it->lora, layer, mod);
-            if (lm->A) {
-                size_t r = (size_t)lm->r;
-                core_gemm_nt(tmp, x + row * n_in, lm->A, n_rows, r, n_in, 1.0f, 0.0f);
-                core_gemm_nt(y + row * n_out, tmp, lm->B, n_rows, n_out, r,
-                             lm->scale * it->lora_scale, 1.0f);
-            }
+    size_t n_in = (size_t)L->n_in, n_out = (size_t)L->n_out;
+    for (size_t s = 0; s < f->n_segs; s++) {
+        const fwd_seg_t *sg = &f->segs[s];
+        for (int i = 0; i < sg->aset->n; i++) {
+            const core_lora_term_t *tm = &sg->aset->terms[i];
+            const core_lora_mod_t *lm = core_lora_mod(tm->lora, layer, mod);
+            if (!lm->A || tm->weight == 0.0f)
+                continue;
+            size_t r = (size_t)lm->r;
+            core_gemm_nt(f->lora_tmp, x + sg->row * n_in, lm->A, sg->n_rows, r, n_in, 1.0f, 0.0f);
+            core_gemm_nt(y + sg->row * n_out, f->lora_tmp, lm->B, sg->n_rows, n_out, r,
+                         tm->weight * lm->scale, 1.0f);
         }
-        row += n_rows;
-        i = j;
     }
 }
 
@@ -421,34 +633,65 @@ static void axpy(float *restrict y, float p, const float *restrict x, size_t n)
         y[i] += p * x[i];
 }
 
+/* Write the n new rows of k and v of layer l at positions len.. of the cache.
+ * k, v: (n, kv_dim). */
+static void kv_write(const core_kv_t *kv, int l, const float *k, const float *v, int n)
+{
+    const core_kv_pool_t *p = kv->pool;
+    size_t kvd = (size_t)p->kv_dim, span = (size_t)p->block_tokens * kvd;
+    for (int t = 0; t < n; t++) {
+        int pos = kv->len + t;
+        float *K = kv_block(p, kv->table[pos / p->block_tokens], l);
+        size_t at = (size_t)(pos % p->block_tokens) * kvd;
+        memcpy(K + at, k + (size_t)t * kvd, kvd * sizeof(float));
+        memcpy(K + span + at, v + (size_t)t * kvd, kvd * sizeof(float));
+    }
+}
+
+/* One head of one row: out = softmax(q K^T * scale) V over positions 0..ctx-1, read
+ * block by block through the table. q, out: (hd); kvo: the kv head's offset in a row. */
+static void attend_head(const core_kv_t *kv, int l, const float *q, float *out, size_t ctx,
+                        size_t kvo, size_t hd, float scale, float *scores)
+{
+    const core_kv_pool_t *p = kv->pool;
+    size_t kvd = (size_t)p->kv_dim, bt = (size_t)p->block_tokens, span = bt * kvd;
+    float mx = -INFINITY, sum = 0.0f;
+    for (size_t j0 = 0, b = 0; j0 < ctx; j0 += bt, b++) {
+        const float *K = kv_block(p, kv->table[b], l) + kvo;
+        size_t nj = ctx - j0 < bt ? ctx - j0 : bt;
+        for (size_t j = 0; j < nj; j++) {
+            float s = dot(q, K + j * kvd, hd) * scale;
+            scores[j0 + j] = s;
+            mx = s > mx ? s : mx;
+        }
+    }
+    for (size_t j = 0; j < ctx; j++) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    memset(out, 0, hd * sizeof *out);
+    for (size_t j0 = 0, b = 0; j0 < ctx; j0 += bt, b++) {
+        const float *V = kv_block(p, kv->table[b], l) + span + kvo;
+        size_t nj = ctx - j0 < bt ? ctx - j0 : bt;
+        for (size_t j = 0; j < nj; j++)
+            axpy(out, scores[j0 + j] / sum, V + j * kvd, hd);
+    }
+}
+
 /* Causal attention of one item's n new rows against its cache (already holding them).
- * q, out: (n, n_heads*hd) for this item; K, V: (ctx, n_kv*hd); scores: (ctx). */
-static void attend(const core_config_t *c, const float *q, float *out, const float *K,
-                   const float *V, int kv_len, int n, float *scores)
+ * q, out: (n, n_heads*hd) for this item; scores: (ctx). */
+static void attend(const core_config_t *c, const core_kv_t *kv, int l, const float *q,
+                   float *out, int n, float *scores)
 {
     size_t hd = (size_t)c->head_dim, qd = (size_t)c->n_heads * hd;
-    size_t kvd = (size_t)c->n_kv_heads * hd;
     int group = c->n_heads / c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
     for (int t = 0; t < n; t++) {
-        size_t ctx = (size_t)kv_len + (size_t)t + 1; /* sees itself and everything before */
-        for (int h = 0; h < c->n_heads; h++) {
-            const float *qh = q + (size_t)t * qd + (size_t)h * hd;
-            size_t kvo = (size_t)(h / group) * hd;
-            float mx = -INFINITY, sum = 0.0f;
-            for (size_t j = 0; j < ctx; j++) {
-                scores[j] = dot(qh, K + j * kvd + kvo, hd) * scale;
-                mx = scores[j] > mx ? scores[j] : mx;
-            }
-            for (size_t j = 0; j < ctx; j++) {
-                scores[j] = expf(scores[j] - mx);
-                sum += scores[j];
-            }
-            float *oh = out + (size_t)t * qd + (size_t)h * hd;
-            memset(oh, 0, hd * sizeof *oh);
-            for (size_t j = 0; j < ctx; j++)
-                axpy(oh, scores[j] / sum, V + j * kvd + kvo, hd);
-        }
+        size_t ctx = (size_t)kv->len + (size_t)t + 1; /* sees itself and everything before */
+        for (int h = 0; h < c->n_heads; h++)
+            attend_head(kv, l, q + (size_t)t * qd + (size_t)h * hd,
+                        out + (size_t)t * qd + (size_t)h * hd, ctx, (size_t)(h / group) * hd,
+                        hd, scale, scores);
     }
 }
 
@@ -463,12 +706,12 @@ static void attn_block(const core_model_t *m, core_fwd_t *f, const core_fwd_item
     size_t hd = (size_t)c->head_dim, qd = (size_t)c->n_heads * hd;
     size_t kvd = (size_t)c->n_kv_heads * hd, dim = (size_t)c->dim;
 
-    /* q, k, v projections: one GEMM each over all rows, then each item's LoRA */
+    /* q, k, v projections: one GEMM each over all rows, then the adapter segments */
     rmsnorm(f->xn, f->x, L->attn_norm, T, dim, c->norm_eps);
     float *outs[3] = {f->q, f->k, f->v};
     for (int k = CORE_MOD_Q; k <= CORE_MOD_V; k++) {
         linear(outs[k], f->xn, &L->lin[k], T);
-        lora_add(items, n_items, l, (core_mod_t)k, f->xn, outs[k], &L->lin[k], f->lora_tmp);
+        lora_add(f, l, (core_mod_t)k, f->xn, outs[k], &L->lin[k]);
     }
     rope(f->q, f->cos, f->sin, T, (size_t)c->n_heads, hd);
     rope(f->k, f->cos, f->sin, T, (size_t)c->n_kv_heads, hd);
@@ -477,24 +720,20 @@ static void attn_block(const core_model_t *m, core_fwd_t *f, const core_fwd_item
     size_t row = 0;
     for (int i = 0; i < n_items; i++) {
         const core_fwd_item_t *it = &items[i];
-        size_t n = (size_t)it->n_tokens, at = (size_t)it->kv->len;
-        memcpy(it->kv->k[l] + at * kvd, f->k + row * kvd, n * kvd * sizeof(float));
-        memcpy(it->kv->v[l] + at * kvd, f->v + row * kvd, n * kvd * sizeof(float));
-        attend(c, f->q + row * qd, f->att + row * qd, it->kv->k[l], it->kv->v[l], it->kv->len,
-               it->n_tokens, f->scores);
-        row += n;
+        kv_write(it->kv, l, f->k + row * kvd, f->v + row * kvd, it->n_tokens);
+        attend(c, it->kv, l, f->q + row * qd, f->att + row * qd, it->n_tokens, f->scores);
+        row += (size_t)it->n_tokens;
     }
 
-    /* o_proj (+LoRA) into xn, residual */
+    /* o_proj (+ adapters) into xn, residual */
     linear(f->xn, f->att, &L->lin[CORE_MOD_O], T);
-    lora_add(items, n_items, l, CORE_MOD_O, f->att, f->xn, &L->lin[CORE_MOD_O], f->lora_tmp);
+    lora_add(f, l, CORE_MOD_O, f->att, f->xn, &L->lin[CORE_MOD_O]);
     for (size_t i = 0; i < T * dim; i++)
         f->x[i] += f->xn[i];
 }
 
 /* SwiGLU block of layer l: x += down(silu(gate(xn)) * up(xn)). */
-static void mlp_block(const core_model_t *m, core_fwd_t *f, const core_fwd_item_t *items,
-                      int n_items, int l, size_t T)
+static void mlp_block(const core_model_t *m, core_fwd_t *f, int l, size_t T)
 {
     const core_config_t *c = &m->cfg;
     const core_layer_t *L = &m->layers[l];
@@ -502,15 +741,15 @@ static void mlp_block(const core_model_t *m, core_fwd_t *f, const core_fwd_item_
 
     rmsnorm(f->xn, f->x, L->mlp_norm, T, dim, c->norm_eps);
     linear(f->gate, f->xn, &L->lin[CORE_MOD_GATE], T);
-    lora_add(items, n_items, l, CORE_MOD_GATE, f->xn, f->gate, &L->lin[CORE_MOD_GATE], f->lora_tmp);
+    lora_add(f, l, CORE_MOD_GATE, f->xn, f->gate, &L->lin[CORE_MOD_GATE]);
     linear(f->up, f->xn, &L->lin[CORE_MOD_UP], T);
-    lora_add(items, n_items, l, CORE_MOD_UP, f->xn, f->up, &L->lin[CORE_MOD_UP], f->lora_tmp);
+    lora_add(f, l, CORE_MOD_UP, f->xn, f->up, &L->lin[CORE_MOD_UP]);
     for (size_t i = 0; i < T * hid; i++) {
         float g = f->gate[i];
         f->gate[i] = g / (1.0f + expf(-g)) * f->up[i];
     }
     linear(f->xn, f->gate, &L->lin[CORE_MOD_DOWN], T);
-    lora_add(items, n_items, l, CORE_MOD_DOWN, f->gate, f->xn, &L->lin[CORE_MOD_DOWN], f->lora_tmp);
+    lora_add(f, l, CORE_MOD_DOWN, f->gate, f->xn, &L->lin[CORE_MOD_DOWN]);
     for (size_t i = 0; i < T * dim; i++)
         f->x[i] += f->xn[i];
 }
@@ -549,9 +788,14 @@ rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, 
         return core_err(err, RC_INVALID, "forward: bad arguments");
     if (n_items == 0)
         return RC_OK;
-    if ((rc = check_batch(m, items, n_items, &d, err)) ||
-        (rc = reserve(f, items, n_items, &d, err)))
+    if ((rc = check_batch(m, items, n_items, &d, err)))
         return rc;
+    /* scratch before blocks: a failure after taking blocks would leave them reserved */
+    if ((rc = fwd_grow(f, d.n_rows, d.n_out, (size_t)n_items, d.max_rank, d.max_ctx)))
+        return core_err(err, rc, "forward: out of memory for a batch of %zu tokens", d.n_rows);
+    if ((rc = reserve_blocks(items, n_items, err)))
+        return rc;
+    build_segments(f, items, n_items);
 
     /* embeddings of every new token, item after item */
     size_t dim = (size_t)m->cfg.dim, row = 0;
@@ -563,7 +807,7 @@ rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, 
 
     for (int l = 0; l < m->cfg.n_layers; l++) {
         attn_block(m, f, items, n_items, l, d.n_rows);
-        mlp_block(m, f, items, n_items, l, d.n_rows);
+        mlp_block(m, f, l, d.n_rows);
     }
     logits_out(m, f, items, n_items, d.n_out);
     for (int i = 0; i < n_items; i++)

@@ -27,6 +27,7 @@ typedef struct {
     float *B;    /* (n_out, r) */
     int r;
     float scale; /* alpha / r, or alpha / sqrt(r) with rsLoRA */
+    int n_out, n_in; /* the base module's shape when targeted (core_lora_mix_linear needs it) */
 } core_lora_mod_t;
 
 typedef struct core_lora {

@@ -1,6 +1,7 @@
 /* test_lora.c - core/lora: PEFT adapter folders generated from C into tests/tmp/lora/,
  * loaded against a tiny 2-layer base; valid adapters, scaling, rank/alpha patterns
- * (ADAPTER-MATH T2) and every refusal naming its field or key. */
+ * (ADAPTER-MATH T2), every refusal naming its field or key, adapter sets (validation,
+ * equality, reference counts) and the PEFT "linear" mix against its formula. */
 #include "tests/unit/harness.h"
 
 #include "core/lora.h"
@@ -87,14 +88,17 @@ static void fx_key(char *buf, size_t len, const char *prefix, int layer, int m, 
              modname[m], ab);
 }
 
+/* Added to every pair's seeds, so adapters of one shape can hold different values. */
+static int fx_seed_off;
+
 /* A (r, in) and B (out, r) for module m of layer, with the PEFT prefix. */
 static void fx_pair_ex(fx_t *f, const char *prefix, const char *dtype, int layer, int m, int r)
 {
     char k[160];
     fx_key(k, sizeof k, prefix, layer, m, 'A');
-    fx_add(f, k, dtype, r, shape_in[m], layer * 10 + m);
+    fx_add(f, k, dtype, r, shape_in[m], layer * 10 + m + fx_seed_off);
     fx_key(k, sizeof k, prefix, layer, m, 'B');
-    fx_add(f, k, dtype, shape_out[m], r, layer * 10 + m + 5);
+    fx_add(f, k, dtype, shape_out[m], r, layer * 10 + m + 5 + fx_seed_off);
 }
 
 static void fx_pair(fx_t *f, int layer, int m, int r)
@@ -648,4 +652,204 @@ TEST(from_parts_and_too_many_tensors)
     ASSERT(strstr(e->msg, "29 tensors") && l == NULL);
     core_st_free(st);
     fx_free(&f);
+}
+
+/* ---- adapter sets and the "linear" mix ------------------------------------------ */
+
+/* An adapter of rank r on the modules in mask (both layers), alpha, value seed offset. */
+static core_lora_t *mk_lora(const char *name, unsigned mask, int r, int alpha, int off)
+{
+    fx_t f = {0};
+    char cfg[256], tm[128] = "";
+    fx_seed_off = off;
+    for (int m = 0; m < CORE_MOD__COUNT; m++) {
+        if (!(mask & (1u << m)))
+            continue;
+        fx_pair(&f, 0, m, r);
+        fx_pair(&f, 1, m, r);
+        snprintf(tm + strlen(tm), sizeof tm - strlen(tm), "%s\"%s\"", tm[0] ? "," : "",
+                 modname[m]);
+    }
+    fx_seed_off = 0;
+    snprintf(cfg, sizeof cfg,
+             "{\"peft_type\":\"LORA\",\"r\":%d,\"lora_alpha\":%d,\"target_modules\":[%s]}", r,
+             alpha, tm);
+    core_lora_t *l = load_ok(name, cfg, &f);
+    fx_free(&f);
+    return l;
+}
+
+#define QV ((1u << CORE_MOD_Q) | (1u << CORE_MOD_V))
+
+TEST(aset_new_refuses_bad_input)
+{
+    core_lora_t *a = mk_lora("set_a", QV, 2, 4, 0);
+    core_lora_term_t t[CORE_ASET_MAX + 1];
+    for (int i = 0; i <= CORE_ASET_MAX; i++)
+        t[i] = (core_lora_term_t){a, 1.0f};
+    core_aset_t *s = (core_aset_t *)1; /* must come back NULL */
+    core_lora_t *mx = (core_lora_t *)1;
+    core_err_t e;
+    ASSERT_RC(core_aset_new(t, 0, &s, &e), RC_INVALID, &e);
+    ASSERT(s == NULL && strstr(e.msg, "0 terms"));
+    ASSERT_RC(core_aset_new(t, CORE_ASET_MAX + 1, &s, &e), RC_INVALID, &e);
+    ASSERT(strstr(e.msg, "9 terms"));
+    ASSERT_RC(core_aset_new(NULL, 1, &s, &e), RC_INVALID, &e);
+    t[1].weight = NAN;
+    ASSERT_RC(core_aset_new(t, 2, &s, &e), RC_INVALID, &e);
+    ASSERT(strstr(e.msg, "term 1") && strstr(e.msg, "finite"));
+    t[1].weight = INFINITY;
+    ASSERT_RC(core_aset_new(t, 2, &s, &e), RC_INVALID, &e);
+    t[1] = (core_lora_term_t){NULL, 1.0f};
+    ASSERT_RC(core_aset_new(t, 3, &s, &e), RC_INVALID, &e);
+    ASSERT(strstr(e.msg, "term 1"));
+    ASSERT_RC(core_lora_mix_linear(t, 3, &mx, &e), RC_INVALID, &e);
+    ASSERT(mx == NULL);
+    /* an adapter of another layer count */
+    core_lora_t three = *a;
+    three.n_layers = 3;
+    t[1] = (core_lora_term_t){&three, 1.0f};
+    ASSERT_RC(core_aset_new(t, 2, &s, &e), RC_INVALID, &e);
+    ASSERT(strstr(e.msg, "3 layers") && s == NULL);
+    ASSERT_EQ(a->refcount, 1); /* nothing retained on failure */
+    t[1] = t[0];
+    ASSERT_RC(core_aset_new(t, CORE_ASET_MAX, &s, &e), RC_OK, &e);
+    ASSERT_EQ(s->n, CORE_ASET_MAX);
+    ASSERT_EQ(s->rank_sum, 2 * CORE_ASET_MAX);
+    ASSERT_EQ(a->refcount, 1 + CORE_ASET_MAX);
+    core_aset_release(s);
+    ASSERT_EQ(a->refcount, 1);
+    core_lora_release(a);
+}
+
+TEST(aset_refcounts_and_equality)
+{
+    core_lora_t *a = mk_lora("rc_a", QV, 2, 4, 0), *b = mk_lora("rc_b", QV, 4, 4, 1);
+    core_lora_term_t t1[3] = {{a, 0.5f}, {b, -1.0f}, {a, 2.0f}}, t2[1] = {{a, 1.0f}};
+    core_aset_t *s1, *s2, *s1b, *s_swap;
+    core_err_t e;
+    ASSERT_RC(core_aset_new(t1, 3, &s1, &e), RC_OK, &e);
+    ASSERT_RC(core_aset_new(t1, 3, &s1b, &e), RC_OK, &e);
+    ASSERT_RC(core_aset_new(t2, 1, &s2, &e), RC_OK, &e);
+    core_lora_term_t sw[3] = {t1[1], t1[0], t1[2]};
+    ASSERT_RC(core_aset_new(sw, 3, &s_swap, &e), RC_OK, &e);
+    ASSERT(s1->refcount == 1 && s1->rank_sum == 8 && s2->rank_sum == 2);
+    ASSERT_EQ(a->refcount, 1 + 2 + 2 + 1 + 2);
+    ASSERT_EQ(b->refcount, 1 + 1 + 1 + 1);
+    /* equal: same LoRAs, weights and order; NULL equals only NULL */
+    ASSERT(core_aset_equal(s1, s1b) && core_aset_equal(s1, s1) && core_aset_equal(NULL, NULL));
+    ASSERT(!core_aset_equal(s1, s_swap) && !core_aset_equal(s1, s2));
+    ASSERT(!core_aset_equal(s1, NULL) && !core_aset_equal(NULL, s2));
+    s1b->terms[2].weight = 2.5f; /* one weight differs */
+    ASSERT(!core_aset_equal(s1, s1b));
+    core_aset_release(s1b);
+    core_aset_release(s_swap);
+    ASSERT_EQ(a->refcount, 1 + 2 + 1);
+    /* retain/release balance on a set leaves its LoRAs alone */
+    core_aset_retain(s1);
+    ASSERT_EQ(s1->refcount, 2);
+    core_aset_release(s1);
+    ASSERT_EQ(s1->refcount, 1);
+    ASSERT_EQ(a->refcount, 4);
+    /* the creators let go: the sets keep the LoRAs alive (ASan would flag a free) */
+    core_lora_release(a);
+    core_lora_release(b);
+    ASSERT(a->refcount == 3 && b->refcount == 1);
+    ASSERT(core_lora_mod(b, 1, CORE_MOD_V)->A[0] == fx_val(0, 10 + CORE_MOD_V + 1));
+    core_aset_release(s1); /* frees b; a lives on in s2 */
+    ASSERT_EQ(a->refcount, 1);
+    ASSERT(core_lora_mod(a, 0, CORE_MOD_Q)->A[1] == fx_val(1, CORE_MOD_Q));
+    core_aset_release(s2); /* frees a: LeakSanitizer checks nothing is left */
+}
+
+/* sum_j M[o][j] N[j][i] for an (n_out, r) by (r, n_in) product, in double. */
+static double prod_at(const float *B, const float *A, int r, int n_in, int o, int i, double cb,
+                      double ca)
+{
+    double d = 0;
+    for (int j = 0; j < r; j++)
+        d += cb * B[o * r + j] * ca * A[j * n_in + i];
+    return d;
+}
+
+TEST(mix_linear_matches_formula)
+{
+    /* a, b on q and v; c on q and o: o is mixed from c alone */
+    core_lora_t *a = mk_lora("mix_a", QV, 2, 16, 0), *b = mk_lora("mix_b", QV, 2, 4, 3);
+    core_lora_t *c = mk_lora("mix_c", (1u << CORE_MOD_Q) | (1u << CORE_MOD_O), 2, 8, 7);
+    core_lora_term_t t[3] = {{a, 0.7f}, {b, -0.4f}, {c, 1.3f}};
+    core_lora_t *mx = NULL;
+    core_err_t e;
+    ASSERT_RC(core_lora_mix_linear(t, 3, &mx, &e), RC_OK, &e);
+    ASSERT(mx->refcount == 1 && mx->rank == 2 && mx->alpha == 2.0f && !mx->rslora);
+    ASSERT_EQ(mx->target_mask, QV | (1u << CORE_MOD_O));
+    ASSERT_EQ(mx->n_bytes, 2 * 2 * ((8 + 8) + (8 + 4) + (8 + 8)) * sizeof(float));
+    double cat_vs_mix = 0;
+    for (int layer = 0; layer < 2; layer++)
+        for (int m = 0; m < CORE_MOD__COUNT; m++) {
+            const core_lora_mod_t *o = core_lora_mod(mx, layer, (core_mod_t)m);
+            if (!(mx->target_mask & (1u << m))) {
+                ASSERT(o->A == NULL);
+                continue;
+            }
+            ASSERT(o->A && o->B && o->r == 2 && o->scale == 1.0f);
+            ASSERT(o->n_out == shape_out[m] && o->n_in == shape_in[m]);
+            size_t na = 2 * (size_t)shape_in[m], nb = (size_t)shape_out[m] * 2;
+            for (size_t j = 0; j < na + nb; j++) {
+                double want = 0;
+                for (int k = 0; k < 3; k++) {
+                    const core_lora_mod_t *md = core_lora_mod(t[k].lora, layer, (core_mod_t)m);
+                    if (!md->A)
+                        continue;
+                    double ws = (double)t[k].weight * md->scale, c_ = sqrt(fabs(ws));
+                    want += j < na ? (ws < 0 ? -c_ : c_) * md->A[j] : c_ * md->B[j - na];
+                }
+                ASSERT_NEAR(j < na ? o->A[j] : o->B[j - na], want, 1e-5);
+            }
+            /* B_mix A_mix has cross terms: not sum_k w_k s_k B_k A_k ("cat") */
+            for (int oo = 0; oo < shape_out[m]; oo++)
+                for (int i = 0; i < shape_in[m]; i++) {
+                    double cat = 0;
+                    for (int k = 0; k < 3; k++) {
+                        const core_lora_mod_t *md = core_lora_mod(t[k].lora, layer, (core_mod_t)m);
+                        if (md->A)
+                            cat += prod_at(md->B, md->A, 2, shape_in[m], oo, i,
+                                           (double)t[k].weight * md->scale, 1.0);
+                    }
+                    double mix = prod_at(o->B, o->A, 2, shape_in[m], oo, i, 1.0, 1.0);
+                    cat_vs_mix = fmax(cat_vs_mix, fabs(cat - mix));
+                }
+        }
+    ASSERT(cat_vs_mix > 0.1);
+    /* one term alone at positive weight is exact: sqrt(ws) sqrt(ws) = ws */
+    core_lora_t *one = NULL;
+    ASSERT_RC(core_lora_mix_linear(&t[0], 1, &one, &e), RC_OK, &e);
+    const core_lora_mod_t *q1 = core_lora_mod(one, 1, CORE_MOD_Q), *qa = core_lora_mod(a, 1, CORE_MOD_Q);
+    ASSERT_NEAR(prod_at(q1->B, q1->A, 2, 8, 3, 5, 1, 1),
+                prod_at(qa->B, qa->A, 2, 8, 3, 5, 0.7 * qa->scale, 1), 1e-5);
+    core_lora_release(one);
+    core_lora_release(mx);
+    ASSERT(a->refcount == 1 && b->refcount == 1 && c->refcount == 1); /* the mix holds none */
+    core_lora_release(a);
+    core_lora_release(b);
+    core_lora_release(c);
+}
+
+TEST(mix_linear_refuses_mixed_ranks)
+{
+    core_lora_t *a = mk_lora("mr_a", QV, 2, 4, 0), *b = mk_lora("mr_b", 1u << CORE_MOD_V, 4, 4, 1);
+    core_lora_t *o4 = mk_lora("mr_o", 1u << CORE_MOD_O, 4, 4, 2);
+    core_lora_term_t t[2] = {{a, 1.0f}, {b, 1.0f}};
+    core_lora_t *mx = NULL;
+    core_err_t e;
+    ASSERT_RC(core_lora_mix_linear(t, 2, &mx, &e), RC_INVALID, &e);
+    ASSERT(mx == NULL && strstr(e.msg, "model.layers.0.self_attn.v_proj") && strstr(e.msg, "rank"));
+    /* different ranks in modules no two terms share are fine */
+    t[1].lora = o4;
+    ASSERT_RC(core_lora_mix_linear(t, 2, &mx, &e), RC_OK, &e);
+    ASSERT(core_lora_mod(mx, 0, CORE_MOD_V)->r == 2 && core_lora_mod(mx, 1, CORE_MOD_O)->r == 4);
+    core_lora_release(mx);
+    core_lora_release(a);
+    core_lora_release(b);
+    core_lora_release(o4);
 }

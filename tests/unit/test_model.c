@@ -1,5 +1,7 @@
 /* test_model.c - config parsing, the batched forward pass against a naive reference,
- * KV-cache decode, GQA, LoRA (unmerged == merged), validation, and loading from disk.
+ * the paged KV cache (block sizes agree, all-or-none reservation, accounting), GQA, LoRA
+ * and adapter sets in one heterogeneous batch (== alone == merged), validation, and
+ * loading from disk.
  *
  * The reference forward below is a plain double-precision triple-loop implementation of
  * one sequence with no cache, written from the HF modeling code, not from core/forward.c.
@@ -146,6 +148,7 @@ static core_lora_t *tiny_lora(const core_config_t *c, uint32_t seed, unsigned ma
             int n_out, n_in;
             core_mod_shape(c, (core_mod_t)k, &n_out, &n_in);
             md->r = r;
+            md->n_out = n_out, md->n_in = n_in;
             md->scale = alpha / (float)r;
             md->A = rand_vec((size_t)r * n_in, 0.4f, 0.0f);
             md->B = rand_vec((size_t)n_out * r, 0.4f, 0.0f);
@@ -163,26 +166,25 @@ static void tiny_lora_free(core_lora_t *lo)
     free(lo);
 }
 
-/* tiny_model(cfg, seed) with W += s * B A on every targeted module: the merged model
- * PEFT's merge_and_unload gives. */
-static core_model_t *tiny_merged(const core_config_t *cfg, uint32_t seed, const core_lora_t *lo,
-                                 float s)
+/* tiny_model(cfg, seed) with W += sum_i w_i s_i B_i A_i over the set's terms on every
+ * targeted module: the merged model PEFT's merge_and_unload gives. set may be NULL. */
+static core_model_t *tiny_merged(const core_config_t *cfg, uint32_t seed, const core_aset_t *set)
 {
     core_model_t *m = tiny_model(cfg, seed);
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < CORE_MOD__COUNT; k++) {
-            const core_lora_mod_t *md = core_lora_mod(lo, l, (core_mod_t)k);
-            core_linear_t *lin = &m->layers[l].lin[k];
-            if (!md->A)
-                continue;
-            for (int o = 0; o < lin->n_out; o++)
-                for (int i = 0; i < lin->n_in; i++) {
-                    double d = 0;
-                    for (int j = 0; j < md->r; j++)
-                        d += (double)md->B[o * md->r + j] * md->A[j * lin->n_in + i];
-                    lin->w[(size_t)o * lin->n_in + i] += (float)(s * md->scale * d);
-                }
-        }
+    for (int t = 0; set && t < set->n; t++)
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            for (int k = 0; k < CORE_MOD__COUNT; k++) {
+                const core_lora_mod_t *md = core_lora_mod(set->terms[t].lora, l, (core_mod_t)k);
+                core_linear_t *lin = &m->layers[l].lin[k];
+                double ws = (double)set->terms[t].weight * md->scale;
+                for (int o = 0; md->A && o < lin->n_out; o++)
+                    for (int i = 0; i < lin->n_in; i++) {
+                        double d = 0;
+                        for (int j = 0; j < md->r; j++)
+                            d += (double)md->B[o * md->r + j] * md->A[j * lin->n_in + i];
+                        lin->w[(size_t)o * lin->n_in + i] += (float)(ws * d);
+                    }
+            }
     return m;
 }
 
@@ -326,25 +328,60 @@ static int32_t *seq_tokens(int n, uint32_t seed, int vocab)
     return t;
 }
 
+/* A pool of exactly n_blocks blocks of bt positions. */
+static core_kv_pool_t *pool_new(const core_config_t *c, int bt, int n_blocks)
+{
+    size_t bb = (size_t)c->n_layers * 2 * (size_t)bt * (size_t)(c->n_kv_heads * c->head_dim) *
+                sizeof(float);
+    core_kv_pool_t *p = NULL;
+    core_err_t err = {{0}};
+    ASSERT_RC(core_kv_pool_new(c, bb * (size_t)n_blocks + bb / 2, bt, &p, &err), RC_OK, &err);
+    ASSERT_EQ(core_kv_pool_block_bytes(p), bb);
+    ASSERT_EQ(core_kv_pool_n_blocks(p), n_blocks);
+    ASSERT_EQ(core_kv_pool_n_free(p), n_blocks);
+    ASSERT_EQ(core_kv_pool_block_tokens(p), bt);
+    return p;
+}
+
+/* A pool big enough for n sequences of max_pos, blocks of 16. */
+static core_kv_pool_t *pool_for(const core_config_t *c, int n)
+{
+    return pool_new(c, 16, n * ((c->max_pos + 15) / 16));
+}
+
+/* A set of n weighted LoRAs (each retained by the set). */
+static core_aset_t *set_of(int n, core_lora_t *const *lo, const float *w)
+{
+    core_lora_term_t t[CORE_ASET_MAX];
+    core_aset_t *s = NULL;
+    core_err_t err = {{0}};
+    for (int i = 0; i < n; i++)
+        t[i] = (core_lora_term_t){.lora = lo[i], .weight = w[i]};
+    ASSERT_RC(core_aset_new(t, n, &s, &err), RC_OK, &err);
+    return s;
+}
+
+static core_aset_t *set1(core_lora_t *lo, float w)
+{
+    return set_of(1, &lo, &w);
+}
+
 /* One sequence in a fresh cache; logits of every position (n, vocab). */
-static float *run_alone(const core_model_t *m, const int32_t *tok, int n, const core_lora_t *lo,
-                        float lscale)
+static float *run_alone(const core_model_t *m, const int32_t *tok, int n, const core_aset_t *s)
 {
     core_fwd_t *f = core_fwd_new(m);
-    core_kv_t *kv = core_kv_new(&m->cfg);
+    core_kv_pool_t *pool = pool_for(&m->cfg, 1);
+    core_kv_t *kv = core_kv_new(pool);
     float *logits = malloc((size_t)n * m->cfg.n_vocab * sizeof *logits);
     core_err_t err = {{0}};
     ASSERT(f && kv && logits);
-    core_fwd_item_t it = {.tokens = tok,
-                          .n_tokens = n,
-                          .kv = kv,
-                          .lora = lo,
-                          .lora_scale = lscale,
-                          .logits = logits,
-                          .all_logits = true};
+    core_fwd_item_t it = {
+        .tokens = tok, .n_tokens = n, .kv = kv, .aset = s, .logits = logits, .all_logits = true};
     ASSERT_RC(core_forward(m, f, &it, 1, &err), RC_OK, &err);
     ASSERT_EQ(core_kv_len(kv), n);
     core_kv_free(kv);
+    ASSERT_EQ(core_kv_pool_n_free(pool), core_kv_pool_n_blocks(pool));
+    core_kv_pool_free(pool);
     core_fwd_free(f);
     return logits;
 }
@@ -355,7 +392,7 @@ static void check_vs_ref(const core_model_t *m, int n, uint32_t seed, double tol
     size_t nv = (size_t)n * m->cfg.n_vocab;
     double *ref = malloc(nv * sizeof *ref);
     ref_forward(m, tok, n, ref);
-    float *got = run_alone(m, tok, n, NULL, 1.0f);
+    float *got = run_alone(m, tok, n, NULL);
     double d = max_diff_ref(got, ref, nv), mag = 0;
     for (size_t i = 0; i < nv; i++)
         mag = fmax(mag, fabs(ref[i]));
@@ -586,7 +623,7 @@ TEST(forward_rope_scaling)
         core_config_t c = parse_ok(cfgs[i]);
         core_model_t *m = tiny_model(&c, 12); /* same weights each time */
         check_vs_ref(m, 12, 8, 2e-4);
-        out[i] = run_alone(m, tok, 12, NULL, 1);
+        out[i] = run_alone(m, tok, 12, NULL);
         tiny_free(m);
     }
     /* the scalings really change the result */
@@ -603,22 +640,20 @@ TEST(forward_batched_equals_alone)
     const int lens[3] = {1, 4, 7};
     int32_t *tok[3];
     float *alone[3], *got[3];
+    core_kv_pool_t *pool = pool_for(&c, 3);
     core_kv_t *kv[3];
     core_fwd_item_t it[3];
     core_fwd_t *f = core_fwd_new(m);
     core_err_t err = {{0}};
     for (int i = 0; i < 3; i++) {
         tok[i] = seq_tokens(lens[i], 20 + i, c.n_vocab);
-        alone[i] = run_alone(m, tok[i], lens[i], NULL, 1);
-        kv[i] = core_kv_new(&c);
+        alone[i] = run_alone(m, tok[i], lens[i], NULL);
+        kv[i] = core_kv_new(pool);
         /* middle item: all logits; the others the last row only */
         got[i] = malloc((size_t)lens[i] * c.n_vocab * sizeof(float));
-        it[i] = (core_fwd_item_t){.tokens = tok[i],
-                                  .n_tokens = lens[i],
-                                  .kv = kv[i],
-                                  .lora_scale = 1,
-                                  .logits = got[i],
-                                  .all_logits = i == 1};
+        it[i] = (core_fwd_item_t){
+            .tokens = tok[i], .n_tokens = lens[i], .kv = kv[i], .logits = got[i],
+            .all_logits = i == 1};
     }
     ASSERT_RC(core_forward(m, f, it, 3, &err), RC_OK, &err);
     for (int i = 0; i < 3; i++) {
@@ -637,53 +672,164 @@ TEST(forward_batched_equals_alone)
         free(tok[i]), free(alone[i]), free(got[i]);
         core_kv_free(kv[i]);
     }
+    ASSERT_EQ(core_kv_pool_n_free(pool), core_kv_pool_n_blocks(pool));
+    core_kv_pool_free(pool);
     free(ref);
     core_fwd_free(f);
     tiny_free(m);
 }
 
-/* Prefill n_pre tokens, then decode one token at a time up to n; every step's logits
- * equal the matching row of one full forward of n tokens. Then one more token is RC_LIMIT
- * when n == max_pos, leaving the cache alone. */
-static void decode_matches_full(uint32_t seed, int n_pre, int n)
+/* Two sequences decoded side by side in blocks of bt positions: a prefills n_pre tokens
+ * and b 1, then both decode one token a step until a reaches n. Returns every step's
+ * logits of a then b ((n - n_pre + 1) * 2 rows), each checked against one full forward.
+ * Then one more token is RC_LIMIT when n == max_pos, leaving the cache alone. */
+static float *decode_steps(const core_model_t *m, int bt, uint32_t seed, int n_pre, int n)
 {
-    core_config_t c = parse_ok(TINY_JSON(""));
-    core_model_t *m = tiny_model(&c, seed);
-    size_t V = (size_t)c.n_vocab;
-    int32_t *tok = seq_tokens(n, seed + 1, c.n_vocab);
-    float *full = run_alone(m, tok, n, NULL, 1), *lg = malloc(V * sizeof *lg);
+    const core_config_t *c = &m->cfg;
+    size_t V = (size_t)c->n_vocab, n_steps = (size_t)(n - n_pre + 1);
+    int32_t *tok = seq_tokens(n, seed + 1, c->n_vocab);
+    float *full = run_alone(m, tok, n, NULL), *out = malloc(2 * n_steps * V * sizeof *out);
+    core_kv_pool_t *pool = pool_new(c, bt, 2 * ((c->max_pos + bt - 1) / bt));
     core_fwd_t *f = core_fwd_new(m);
-    core_kv_t *kv = core_kv_new(&c);
+    core_kv_t *kv[2] = {core_kv_new(pool), core_kv_new(pool)};
     core_err_t err = {{0}};
-    core_fwd_item_t it = {
-        .tokens = tok, .n_tokens = n_pre, .kv = kv, .lora_scale = 1, .logits = lg};
+    core_fwd_item_t it[2] = {{.tokens = tok, .n_tokens = n_pre, .kv = kv[0]},
+                             {.tokens = tok, .n_tokens = 1, .kv = kv[1]}};
+    ASSERT_RC(core_fwd_reserve(f, n_pre + 1, 0, 2), RC_OK, NULL);
     for (int s = n_pre; s <= n; s++) {
-        ASSERT_RC(core_forward(m, f, &it, 1, &err), RC_OK, &err);
-        ASSERT_EQ(core_kv_len(kv), s);
-        ASSERT_NEAR(max_diff(lg, full + (size_t)(s - 1) * V, V), 0, 1e-5);
-        it.tokens = tok + s;
-        it.n_tokens = 1;
+        it[0].logits = out + (size_t)(s - n_pre) * 2 * V;
+        it[1].logits = it[0].logits + V;
+        ASSERT_RC(core_forward(m, f, it, 2, &err), RC_OK, &err);
+        ASSERT_EQ(core_kv_len(kv[0]), s);
+        ASSERT_NEAR(max_diff(it[0].logits, full + (size_t)(s - 1) * V, V), 0, 1e-5);
+        ASSERT_NEAR(max_diff(it[1].logits, full + (size_t)(s - n_pre) * V, V), 0, 1e-5);
+        it[0].tokens = tok + s;
+        it[0].n_tokens = 1;
+        it[1].tokens = tok + s - n_pre + 1;
     }
-    if (n == c.max_pos) {
-        it.tokens = tok;
-        ASSERT_RC(core_forward(m, f, &it, 1, &err), RC_LIMIT, &err);
-        ASSERT_EQ(core_kv_len(kv), n);
+    ASSERT_EQ(core_kv_pool_n_free(pool), core_kv_pool_n_blocks(pool) -
+                                             core_kv_pool_blocks_for(pool, n) -
+                                             core_kv_pool_blocks_for(pool, n - n_pre + 1));
+    if (n == c->max_pos) {
+        it[0].tokens = tok;
+        ASSERT_RC(core_forward(m, f, it, 1, &err), RC_LIMIT, &err);
+        ASSERT_EQ(core_kv_len(kv[0]), n);
+        ASSERT_RC(core_kv_reserve(kv[0], 1), RC_LIMIT, NULL);
     }
-    free(tok), free(full), free(lg);
-    core_kv_free(kv);
+    free(tok), free(full);
+    core_kv_free(kv[0]);
+    core_kv_free(kv[1]);
+    ASSERT_EQ(core_kv_pool_n_free(pool), core_kv_pool_n_blocks(pool));
+    core_kv_pool_free(pool);
     core_fwd_free(f);
-    tiny_free(m);
+    return out;
 }
 
 TEST(forward_incremental_decode)
 {
-    decode_matches_full(14, 5, 8);
+    core_config_t c = parse_ok(TINY_JSON(""));
+    core_model_t *m = tiny_model(&c, 14);
+    free(decode_steps(m, 16, 14, 5, 8));
+    tiny_free(m);
 }
 
-TEST(forward_kv_growth_to_max_pos)
+TEST(kv_paged_block_sizes_agree)
 {
-    /* the cache doubles 16 -> 32 -> 64 = max_pos on the way */
-    decode_matches_full(15, 3, 64);
+    /* prefill 5, decode to 40: crosses block boundaries of 1, 3 and 16 at every size */
+    core_config_t c = parse_ok(TINY_JSON(""));
+    core_model_t *m = tiny_model(&c, 15);
+    size_t n = 2 * 36 * (size_t)c.n_vocab;
+    float *b1 = decode_steps(m, 1, 15, 5, 40), *b3 = decode_steps(m, 3, 15, 5, 40);
+    float *b16 = decode_steps(m, 16, 15, 5, 40);
+    ASSERT_NEAR(max_diff(b1, b3, n), 0, 1e-6);
+    ASSERT_NEAR(max_diff(b1, b16, n), 0, 1e-6);
+    free(b1), free(b3), free(b16);
+    tiny_free(m);
+}
+
+TEST(forward_kv_to_max_pos)
+{
+    core_config_t c = parse_ok(TINY_JSON(""));
+    core_model_t *m = tiny_model(&c, 16);
+    free(decode_steps(m, 3, 15, 3, 64)); /* 64 = max_pos, 22 blocks of 3 */
+    tiny_free(m);
+}
+
+TEST(kv_pool_accounting)
+{
+    core_config_t c = parse_ok(TINY_JSON(""));
+    core_kv_pool_t *p = NULL;
+    core_err_t err = {{0}};
+    ASSERT_RC(core_kv_pool_new(&c, 100, 16, &p, &err), RC_LIMIT, &err);
+    ASSERT(p == NULL && strstr(err.msg, "100"));
+    ASSERT_RC(core_kv_pool_new(&c, 1 << 20, 0, &p, &err), RC_INVALID, &err);
+    p = pool_new(&c, 3, 10);
+    ASSERT_EQ(core_kv_pool_blocks_for(p, 0), 0);
+    ASSERT_EQ(core_kv_pool_blocks_for(p, 3), 1);
+    ASSERT_EQ(core_kv_pool_blocks_for(p, 4), 2);
+    core_kv_t *a = core_kv_new(p), *b = core_kv_new(p);
+    ASSERT_EQ(core_kv_blocks_needed(a, 7), 3);
+    ASSERT_RC(core_kv_reserve(a, 7), RC_OK, NULL);
+    ASSERT_EQ(core_kv_pool_n_free(p), 7);
+    ASSERT_EQ(core_kv_len(a), 0); /* reserved, not filled */
+    ASSERT_EQ(core_kv_blocks_needed(a, 9), 0);
+    ASSERT_EQ(core_kv_blocks_needed(a, 10), 1);
+    ASSERT_RC(core_kv_reserve(b, 22), RC_BUSY, NULL); /* 8 blocks, 7 free: all or none */
+    ASSERT_EQ(core_kv_pool_n_free(p), 7);
+    ASSERT_EQ(core_kv_blocks_needed(b, 1), 1);
+    ASSERT_RC(core_kv_reserve(b, 65), RC_LIMIT, NULL); /* past max_pos 64 */
+    ASSERT_RC(core_kv_reserve(b, 21), RC_OK, NULL);
+    ASSERT_EQ(core_kv_pool_n_free(p), 0);
+    core_kv_reset(a);
+    ASSERT_EQ(core_kv_pool_n_free(p), 3);
+    ASSERT_EQ(core_kv_blocks_needed(a, 1), 1);
+    core_kv_free(b);
+    ASSERT_EQ(core_kv_pool_n_free(p), 10);
+    core_kv_free(a);
+    core_kv_pool_free(p);
+}
+
+/* A pool too short for a step: RC_BUSY, and no cache nor the pool changes. Then reset
+ * frees enough, and a reset cache computes exactly what a fresh one does. */
+TEST(kv_busy_leaves_everything)
+{
+    core_config_t c = parse_ok(TINY_JSON(""));
+    core_model_t *m = tiny_model(&c, 17);
+    core_kv_pool_t *p = pool_new(&c, 4, 6);
+    core_fwd_t *f = core_fwd_new(m);
+    core_kv_t *a = core_kv_new(p), *b = core_kv_new(p);
+    int32_t *tok = seq_tokens(20, 3, c.n_vocab);
+    float lg[2 * 61], lg2[61];
+    core_err_t err = {{0}};
+    core_fwd_item_t it[2] = {{.tokens = tok, .n_tokens = 9, .kv = a, .logits = lg},
+                             {.tokens = tok, .n_tokens = 9, .kv = b, .logits = lg + 61}};
+    ASSERT_RC(core_forward(m, f, it, 1, &err), RC_OK, &err); /* a: 9 tokens, 3 blocks */
+    memcpy(lg2, lg, sizeof lg2);
+    it[0].tokens = tok + 9;
+    it[0].n_tokens = 4; /* a needs 1 more block, b 3: 4 > 3 free */
+    ASSERT_RC(core_forward(m, f, it, 2, &err), RC_BUSY, &err);
+    ASSERT(strstr(err.msg, "4") && strstr(err.msg, "3"));
+    ASSERT_EQ(core_kv_len(a), 9);
+    ASSERT_EQ(core_kv_len(b), 0);
+    ASSERT_EQ(core_kv_pool_n_free(p), 3);
+    ASSERT_EQ(core_kv_blocks_needed(a, 4), 1);
+    ASSERT_EQ(core_kv_blocks_needed(b, 9), 3);
+    core_kv_reset(a); /* preemption */
+    ASSERT_EQ(core_kv_pool_n_free(p), 6);
+    ASSERT_EQ(core_kv_len(a), 0);
+    it[0].tokens = tok;
+    it[0].n_tokens = 9;
+    ASSERT_RC(core_forward(m, f, it, 2, &err), RC_OK, &err);
+    ASSERT_EQ(core_kv_pool_n_free(p), 0);
+    ASSERT_NEAR(max_diff(lg, lg2, 61), 0, 1e-5); /* 18 rows vs 9 in the GEMM: rounding */
+    ASSERT_NEAR(max_diff(lg + 61, lg2, 61), 0, 1e-5);
+    core_kv_free(a);
+    core_kv_free(b);
+    ASSERT_EQ(core_kv_pool_n_free(p), 6);
+    core_kv_pool_free(p);
+    free(tok);
+    core_fwd_free(f);
+    tiny_free(m);
 }
 
 TEST(forward_validation_mutates_nothing)
@@ -691,26 +837,28 @@ TEST(forward_validation_mutates_nothing)
     core_config_t c = parse_ok(TINY_JSON(""));
     core_model_t *m = tiny_model(&c, 16);
     core_fwd_t *f = core_fwd_new(m);
-    core_kv_t *a = core_kv_new(&c), *b = core_kv_new(&c);
+    core_kv_pool_t *p = pool_for(&c, 2);
+    core_kv_t *a = core_kv_new(p), *b = core_kv_new(p);
     float lg[2 * 61];
     int32_t good[3] = {1, 2, 3}, bad[2] = {5, 61}, neg[1] = {-1};
     core_err_t err = {{0}};
     core_fwd_item_t it[2] = {
-        {.tokens = good, .n_tokens = 3, .kv = a, .lora_scale = 1, .logits = lg},
-        {.tokens = bad, .n_tokens = 2, .kv = b, .lora_scale = 1, .logits = lg + 61},
+        {.tokens = good, .n_tokens = 3, .kv = a, .logits = lg},
+        {.tokens = bad, .n_tokens = 2, .kv = b, .logits = lg + 61},
     };
+    ASSERT_RC(core_fwd_reserve(f, 0, 0, 1), RC_INVALID, NULL);
     ASSERT_RC(core_forward(m, f, it, 2, &err), RC_INVALID, &err);
     ASSERT(strstr(err.msg, "item 1") && strstr(err.msg, "61"));
     ASSERT_EQ(core_kv_len(a), 0);
     ASSERT_EQ(core_kv_len(b), 0);
+    ASSERT_EQ(core_kv_pool_n_free(p), core_kv_pool_n_blocks(p));
     it[1].tokens = neg;
     it[1].n_tokens = 1;
     ASSERT_RC(core_forward(m, f, it, 2, &err), RC_INVALID, &err);
     ASSERT(strstr(err.msg, "-1"));
     /* a fills most of its context; then item 1 asks for too much */
     int32_t *many = seq_tokens(64, 1, 61);
-    it[1] = (core_fwd_item_t){
-        .tokens = many, .n_tokens = 60, .kv = b, .lora_scale = 1, .logits = lg + 61};
+    it[1] = (core_fwd_item_t){.tokens = many, .n_tokens = 60, .kv = b, .logits = lg + 61};
     ASSERT_RC(core_forward(m, f, &it[1], 1, &err), RC_OK, &err);
     it[1].n_tokens = 5;
     ASSERT_RC(core_forward(m, f, it, 2, &err), RC_LIMIT, &err);
@@ -732,21 +880,25 @@ TEST(forward_validation_mutates_nothing)
     core_config_t c3 = c;
     c3.n_layers = 3;
     core_lora_t *lo = tiny_lora(&c3, 25, 1u << CORE_MOD_Q, 2, 2.0f);
+    core_aset_t *s = set1(lo, 1.0f);
     it[0].n_tokens = 1;
-    it[0].lora = lo;
+    it[0].aset = s;
     ASSERT_RC(core_forward(m, f, it, 1, &err), RC_MISMATCH, &err);
     ASSERT_EQ(core_kv_len(a), 3);
+    core_aset_release(s);
     tiny_lora_free(lo);
     free(many);
     core_kv_free(a);
     core_kv_free(b);
+    core_kv_pool_free(p);
     core_fwd_free(f);
     tiny_free(m);
 }
 
-/* ---- LoRA ----------------------------------------------------------------------- */
+/* ---- LoRA and adapter sets ------------------------------------------------------ */
 
 #define ALL_MODS ((1u << CORE_MOD__COUNT) - 1)
+#define MOD(m) (1u << CORE_MOD_##m)
 
 TEST(lora_equals_merged)
 {
@@ -755,21 +907,29 @@ TEST(lora_equals_merged)
     core_lora_t *lo = tiny_lora(&c, 18, ALL_MODS, 3, 6.0f);
     size_t n = 7 * (size_t)c.n_vocab;
     int32_t *tok = seq_tokens(7, 40, c.n_vocab);
-    float *base = run_alone(m, tok, 7, NULL, 1);
+    float *base = run_alone(m, tok, 7, NULL);
     float scales[2] = {1.0f, -0.5f};
     for (int i = 0; i < 2; i++) {
-        float *with = run_alone(m, tok, 7, lo, scales[i]);
-        core_model_t *mg = tiny_merged(&c, 17, lo, scales[i]);
-        float *merged = run_alone(mg, tok, 7, NULL, 1);
+        core_aset_t *s = set1(lo, scales[i]);
+        float *with = run_alone(m, tok, 7, s);
+        core_model_t *mg = tiny_merged(&c, 17, s);
+        float *merged = run_alone(mg, tok, 7, NULL);
         ASSERT(max_diff(with, base, n) > 1e-2);
         ASSERT_NEAR(max_diff(with, merged, n), 0, 1e-4);
         free(with), free(merged);
         tiny_free(mg);
+        core_aset_release(s);
     }
-    /* lora_scale 0 is the base exactly (the adapter is skipped) */
-    float *zero = run_alone(m, tok, 7, lo, 0.0f);
+    /* weight 0 is the base exactly (the term is skipped), alone or beside another */
+    core_lora_t *two[2] = {lo, lo};
+    core_aset_t *z1 = set1(lo, 0.0f), *z2 = set_of(2, two, (float[]){0.0f, 0.0f});
+    float *zero = run_alone(m, tok, 7, z1), *zero2 = run_alone(m, tok, 7, z2);
     ASSERT_NEAR(max_diff(zero, base, n), 0, 0);
-    free(zero), free(base), free(tok);
+    ASSERT_NEAR(max_diff(zero2, base, n), 0, 0);
+    core_aset_release(z1);
+    core_aset_release(z2);
+    ASSERT_EQ(lo->refcount, 1);
+    free(zero), free(zero2), free(base), free(tok);
     tiny_lora_free(lo);
     tiny_free(m);
 }
@@ -779,77 +939,106 @@ TEST(lora_partial_targets)
     /* only v_proj and down_proj, and only in layer 1 */
     core_config_t c = parse_ok(TINY_JSON(""));
     core_model_t *m = tiny_model(&c, 19);
-    core_lora_t *lo = tiny_lora(&c, 20, (1u << CORE_MOD_V) | (1u << CORE_MOD_DOWN), 2, 4.0f);
+    core_lora_t *lo = tiny_lora(&c, 20, MOD(V) | MOD(DOWN), 2, 4.0f);
     for (int k = 0; k < CORE_MOD__COUNT; k++) {
         free(lo->mods[k].A), free(lo->mods[k].B);
         lo->mods[k].A = lo->mods[k].B = NULL;
     }
+    core_aset_t *s = set1(lo, 1.0f);
     size_t n = 5 * (size_t)c.n_vocab;
     int32_t *tok = seq_tokens(5, 41, c.n_vocab);
-    float *with = run_alone(m, tok, 5, lo, 1);
-    core_model_t *mg = tiny_merged(&c, 19, lo, 1);
-    float *merged = run_alone(mg, tok, 5, NULL, 1);
+    float *with = run_alone(m, tok, 5, s);
+    core_model_t *mg = tiny_merged(&c, 19, s);
+    float *merged = run_alone(mg, tok, 5, NULL);
     ASSERT_NEAR(max_diff(with, merged, n), 0, 1e-4);
     free(tok), free(with), free(merged);
+    core_aset_release(s);
     tiny_free(mg);
     tiny_lora_free(lo);
     tiny_free(m);
 }
 
+/* One heterogeneous step: base rows; sets of ranks 2/4/8 on different module subsets; a
+ * 3-term composition with a negative weight; one set on two adjacent items (one segment),
+ * an equal-but-distinct set object next to its twin, and sets recurring after a base row
+ * and after another set (new segments).
+ * Every item equals itself run alone and the merged model W + sum w_i s_i B_i A_i run
+ * through the naive double reference; then a decode step of the same mix does too. */
 TEST(lora_mixed_batch)
 {
-    /* base, lora, lora (one segment), same lora at another scale (a new segment), other
-     * lora, base */
     core_config_t c = parse_ok(TINY_JSON(""));
     core_model_t *m = tiny_model(&c, 21);
-    core_lora_t *l1 = tiny_lora(&c, 22, ALL_MODS, 2, 4.0f);
-    core_lora_t *l2 = tiny_lora(&c, 23, (1u << CORE_MOD_Q) | (1u << CORE_MOD_UP), 4, 8.0f);
-    enum { N = 6 };
-    const core_lora_t *los[N] = {NULL, l1, l1, l1, l2, NULL};
-    float sc[N] = {1, 1, 1, 0.5f, 1, 1};
-    int lens[N] = {3, 2, 5, 1, 4, 2};
+    core_lora_t *l2 = tiny_lora(&c, 22, MOD(Q) | MOD(V), 2, 4.0f);
+    core_lora_t *l4 = tiny_lora(&c, 23, MOD(O) | MOD(GATE) | MOD(DOWN), 4, 8.0f);
+    core_lora_t *l8 = tiny_lora(&c, 24, ALL_MODS & ~MOD(K), 8, 4.0f);
+    core_lora_t *comp[3] = {l2, l8, l4};
+    core_aset_t *s2 = set1(l2, 1.0f), *s4 = set1(l4, 1.0f), *s8 = set1(l8, 0.75f);
+    core_aset_t *mix = set_of(3, comp, (float[]){0.7f, -0.5f, 1.2f});
+    core_aset_t *mix_twin = set_of(3, comp, (float[]){0.7f, -0.5f, 1.2f});
+    ASSERT(core_aset_equal(mix, mix_twin) && !core_aset_equal(mix, s2) &&
+           !core_aset_equal(s2, NULL) && core_aset_equal(NULL, NULL));
+    ASSERT_EQ(mix->rank_sum, 14);
+    enum { N = 10 };
+    const core_aset_t *sets[N] = {NULL, s2, s2, s4, mix, mix_twin, NULL, mix, s8, s4};
+    int lens[N] = {3, 2, 5, 1, 4, 2, 2, 3, 3, 2};
     int32_t *tok[N];
-    float *got[N], *alone[N];
+    float *got[N];
+    core_kv_pool_t *pool = pool_for(&c, N);
     core_kv_t *kv[N];
     core_fwd_item_t it[N];
     core_fwd_t *f = core_fwd_new(m);
     core_err_t err = {{0}};
     size_t V = (size_t)c.n_vocab;
+    ASSERT_RC(core_fwd_reserve(f, 32, 8, N), RC_OK, NULL);
     for (int i = 0; i < N; i++) {
-        tok[i] = seq_tokens(lens[i], 50 + i, c.n_vocab);
-        alone[i] = run_alone(m, tok[i], lens[i], los[i], sc[i]);
-        kv[i] = core_kv_new(&c);
-        got[i] = malloc(V * sizeof(float));
-        it[i] = (core_fwd_item_t){.tokens = tok[i],
-                                  .n_tokens = lens[i],
-                                  .kv = kv[i],
-                                  .lora = los[i],
-                                  .lora_scale = sc[i],
-                                  .logits = got[i]};
+        tok[i] = malloc((size_t)(lens[i] + 1) * sizeof(int32_t));
+        int32_t *t = seq_tokens(lens[i] + 1, 50 + i, c.n_vocab);
+        memcpy(tok[i], t, (size_t)(lens[i] + 1) * sizeof(int32_t));
+        free(t);
+        kv[i] = core_kv_new(pool);
+        got[i] = malloc(2 * V * sizeof(float));
+        it[i] = (core_fwd_item_t){.tokens = tok[i], .n_tokens = lens[i], .kv = kv[i],
+                                  .aset = sets[i], .logits = got[i]};
     }
     ASSERT_RC(core_forward(m, f, it, N, &err), RC_OK, &err);
-    for (int i = 0; i < N; i++)
-        ASSERT_NEAR(max_diff(got[i], alone[i] + (size_t)(lens[i] - 1) * V, V), 0, 1e-5);
-    /* a decode step with the same mix reuses the scratch */
-    int32_t next = 7;
-    for (int i = 0; i < N; i++) {
-        it[i].tokens = &next;
+    for (int i = 0; i < N; i++) { /* then one decode token each */
+        it[i].tokens = tok[i] + lens[i];
         it[i].n_tokens = 1;
+        it[i].logits = got[i] + V;
     }
     ASSERT_RC(core_forward(m, f, it, N, &err), RC_OK, &err);
     for (int i = 0; i < N; i++) {
-        int32_t *t2 = malloc((size_t)(lens[i] + 1) * sizeof *t2);
-        memcpy(t2, tok[i], (size_t)lens[i] * sizeof *t2);
-        t2[lens[i]] = next;
-        float *a2 = run_alone(m, t2, lens[i] + 1, los[i], sc[i]);
-        ASSERT_NEAR(max_diff(got[i], a2 + (size_t)lens[i] * V, V), 0, 1e-5);
-        free(t2), free(a2);
-        free(tok[i]), free(got[i]), free(alone[i]);
+        int n = lens[i] + 1;
+        float *alone = run_alone(m, tok[i], n, sets[i]);
+        core_model_t *mg = tiny_merged(&c, 21, sets[i]);
+        double *ref = malloc((size_t)n * V * sizeof *ref);
+        ref_forward(mg, tok[i], n, ref);
+        for (int k = 0; k < 2; k++) { /* prefill's last row, then the decode row */
+            size_t row = (size_t)(n - 2 + k) * V;
+            ASSERT_NEAR(max_diff(got[i] + k * V, alone + row, V), 0, 1e-5);
+            ASSERT_NEAR(max_diff_ref(got[i] + k * V, ref + row, V), 0, 1e-4);
+        }
+        if (sets[i]) { /* the adapters really act */
+            float *b = run_alone(m, tok[i], n, NULL);
+            ASSERT(max_diff(got[i] + V, b + (size_t)(n - 1) * V, V) > 1e-3);
+            free(b);
+        }
+        free(alone), free(ref);
+        tiny_free(mg);
+    }
+    for (int i = 0; i < N; i++) {
+        free(tok[i]), free(got[i]);
         core_kv_free(kv[i]);
     }
+    core_aset_t *all[5] = {s2, s4, s8, mix, mix_twin};
+    for (int i = 0; i < 5; i++)
+        core_aset_release(all[i]);
+    ASSERT(l2->refcount == 1 && l4->refcount == 1 && l8->refcount == 1);
+    core_kv_pool_free(pool);
     core_fwd_free(f);
-    tiny_lora_free(l1);
     tiny_lora_free(l2);
+    tiny_lora_free(l4);
+    tiny_lora_free(l8);
     tiny_free(m);
 }
 
@@ -1009,7 +1198,7 @@ static void round_to_bf16(float *v, size_t n)
 static void same_forward(const core_model_t *a, const core_model_t *b)
 {
     int32_t *tok = seq_tokens(6, 60, a->cfg.n_vocab);
-    float *x = run_alone(a, tok, 6, NULL, 1), *y = run_alone(b, tok, 6, NULL, 1);
+    float *x = run_alone(a, tok, 6, NULL), *y = run_alone(b, tok, 6, NULL);
     ASSERT_NEAR(max_diff(x, y, 6 * (size_t)a->cfg.n_vocab), 0, 1e-6);
     free(tok), free(x), free(y);
 }
