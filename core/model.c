@@ -537,6 +537,7 @@ static rc_t load_tensor(const core_st_t *st, const want_t *w, float *dst, core_e
                         "(F32, F16, BF16)",
                         w->name, t->dtype_name);
     rc_t rc = core_st_to_f32(t, dst, err);
+    core_st_release(t); /* the f32 copy is what we keep: let the file pages go */
     if (rc)
         return rc;
     size_t n = want_elems(w);

@@ -754,3 +754,12 @@ const core_st_tensor_t *core_st_find(const core_st_t *st, const char *name)
     long i = st_find_index(st, name);
     return i < 0 ? NULL : &st->t[i];
 }
+
+void core_st_release(const core_st_tensor_t *t)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)t->data + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)t->data + t->n_bytes) & ~(page - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}

@@ -67,6 +67,13 @@ const core_st_tensor_t *core_st_find(const core_st_t *st, const char *name);
 /* Convert t to f32 into dst (t->n_elems floats). RC_UNSUPPORTED for CORE_DTYPE_OTHER. */
 rc_t core_st_to_f32(const core_st_tensor_t *t, float *dst, core_err_t *err);
 
+/* Drop the file pages that lie wholly inside t's bytes from this process's resident set
+ * (madvise MADV_DONTNEED on the read-only mapping). t stays readable - the kernel reads
+ * the pages back from the file on access - so this is only a memory hint, used after a
+ * tensor has been converted so that a model load does not hold the file and the f32 copy
+ * resident at once. */
+void core_st_release(const core_st_tensor_t *t);
+
 /* Conversions, exposed for tests. */
 float core_f16_to_f32(uint16_t h);
 float core_bf16_to_f32(uint16_t b);

@@ -594,3 +594,33 @@ TEST(f11_nonfinite_values_are_data)
     uint32_t nan = 0x7fc00000u;
     accepted("f11_nan", T1, &nan, 4);
 }
+
+/* core_st_release is only a residency hint: a released multi-page tensor must read back
+ * the same bytes (the kernel pages them in again from the file). */
+TEST(release_keeps_data_readable)
+{
+    core_err_t eb, *e = &eb;
+    enum { N = 3 * 4096 }; /* floats: several whole pages inside the tensor */
+    float *vals = malloc(N * sizeof *vals);
+    for (int i = 0; i < N; i++)
+        vals[i] = (float)i * 0.25f - 7.0f;
+    st_dir();
+    const char *p = st_path("release.safetensors");
+    stw_tensor_t t = {.name = "w", .dtype = "F32", .n_dims = 1, .shape = {N}, .data = vals,
+                      .n_bytes = N * sizeof(float)};
+    ASSERT_EQ(stw_write(p, &t, 1, NULL), 0);
+    core_st_t *st = NULL;
+    ASSERT_RC(core_st_open_file(p, &st, e), RC_OK, e);
+    const core_st_tensor_t *w = core_st_find(st, "w");
+    ASSERT(w != NULL);
+    float *out = malloc(N * sizeof *out);
+    ASSERT_RC(core_st_to_f32(w, out, e), RC_OK, e);
+    core_st_release(w);
+    core_st_release(w); /* twice is harmless */
+    memset(out, 0, N * sizeof *out);
+    ASSERT_RC(core_st_to_f32(w, out, e), RC_OK, e);
+    ASSERT(memcmp(out, vals, N * sizeof *out) == 0);
+    core_st_free(st);
+    free(out);
+    free(vals);
+}
