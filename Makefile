@@ -88,7 +88,9 @@ clean:
 # machine). bench-data/ holds the synthetic bench model (~800 MB) and 32 rank-16 adapters,
 # generated once by tools/make_bench_model.py; bench_batch measures heterogeneous batched
 # decode against the memory bandwidth, bench_decode single-stream decode and prefill.
-bench: all
+bench: all default-data
+	@echo "# default model (data/model, the make run model): single-stream decode"
+	$(BUILD)/tests/bench_decode data/model data/adapters/demo-b 128
 	@/usr/bin/python3 tools/make_bench_model.py bench-data
 	$(BUILD)/tests/bench_batch bench-data 32 3
 	$(BUILD)/tests/bench_decode bench-data/model bench-data/adapters/a00 64
