@@ -35,6 +35,7 @@ $(BUILD)/%.o: %.c
 # The few-row GEMM kernel is the one file built for AVX2/FMA; core/gemm.c calls it only
 # after checking the CPU at run time.
 $(BUILD)/core/kernel_avx2.o: ALLCFLAGS += -mavx2 -mfma
+$(BUILD)/core/attention_avx2.o: ALLCFLAGS += -mavx2 -mfma
 
 # llhttp's C sources come from Debian's node-llhttp package; they are not ours, so
 # they build without our warning flags.

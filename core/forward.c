@@ -2,11 +2,11 @@
  *
  * One core_forward call runs every new token of every item as one batch of T rows: each
  * linear layer is ONE GEMM over all T rows (the weights are read once per step), then
- * every segment of adjacent items sharing an adapter set adds that set's low-rank deltas
- * to its own rows (shrink + expand per LoRA term, mixed ranks without padding, base-only
- * rows skipped), and attention runs per item against that item's paged KV cache. Layout:
- * activations are row-major (T, width), row r belonging to the item whose token range
- * contains r, in item order.
+ * every distinct LoRA of the step adds its low-rank delta to the rows whose adapter set
+ * names it (one shrink + one expand per LoRA over all its rows, so each A and B is read
+ * once per step, mixed ranks without padding, base-only rows skipped), and attention runs
+ * per item against that item's paged KV cache. Layout: activations are row-major
+ * (T, width), row r belonging to the item whose token range contains r, in item order.
  *
  * KV pool: one arena of n_blocks fixed-size blocks, mapped once (pages cost nothing until
  * first written), and a stack of free block ids. Block b holds, for every layer l, K then
@@ -14,9 +14,11 @@
  * position p lives in block table[p / block_tokens] at row p % block_tokens.
  *
  * Threads: a core_fwd_t, a pool and its caches belong to one thread at a time; the model
- * is only read. No threads are created here (the GEMM has its own). Everything that can
- * fail (validation, scratch growth, KV blocks) happens at the top of core_forward before
- * any cache is touched, so a failed step appends nothing. */
+ * is only read. No threads are created here: the GEMM and the per-LoRA tasks run on the
+ * compute pool (core/pool.h), in an order that never changes a sum, so a step's results
+ * are bit-identical run to run. Everything that can fail (validation, scratch growth, KV
+ * blocks) happens at the top of core_forward before any cache is touched, so a failed
+ * step appends nothing. */
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -24,9 +26,11 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "core/attention.h"
 #include "core/gemm.h"
 #include "core/lora.h"
 #include "core/model.h"
+#include "core/pool.h"
 
 /* ---- paged KV cache ------------------------------------------------------------- */
 
@@ -227,12 +231,22 @@ void core_kv_reset(core_kv_t *kv)
 
 /* ---- scratch -------------------------------------------------------------------- */
 
-/* Rows [row, row + n_rows) of the step share the adapter set aset (never NULL here:
- * base-only rows form no segment). */
+/* One distinct LoRA of the step (build_plan) and the rows that apply it, in row order,
+ * each with its weight: the sum of the weights its item's set gives this LoRA. */
 typedef struct {
-    size_t row, n_rows;
-    const core_aset_t *aset;
-} fwd_seg_t;
+    const core_lora_t *lora;
+    size_t at, n_rows; /* rows prow[at .. at + n_rows), weights pw[at .. at + n_rows) */
+    bool contiguous;   /* rows prow[at], prow[at] + 1, ...: read in place, no gather */
+} fwd_plora_t;
+
+/* One LoRA's share of one module in a wave of lora_add. */
+typedef struct {
+    const fwd_plora_t *pl;
+    const core_lora_mod_t *lm;
+    float *xg;  /* (n_rows, n_in) its rows of x gathered (unused when contiguous) */
+    float *h;   /* (n_rows, r) shrink output */
+    float *out; /* (n_rows, n_out) its own slab, or NULL: expand straight into y */
+} fwd_ltask_t;
 
 struct core_fwd {
     const core_model_t *m;
@@ -244,15 +258,22 @@ struct core_fwd {
     float *k, *v;     /* (rows, n_kv_heads*head_dim) */
     float *gate, *up; /* (rows, hidden_dim) */
     float *cos, *sin; /* (rows, head_dim/2) */
-    size_t cap_lora;  /* floats of lora_tmp */
-    float *lora_tmp;  /* (rows of a segment, r of one term) shrink output */
     size_t cap_scores;
     float *scores; /* (ctx) attention weights of one head */
     size_t cap_xl, cap_lg; /* floats */
     float *xl;     /* (out rows, dim) hidden states whose logits are wanted */
     float *logits; /* (out rows, n_vocab) when several items share the lm_head GEMM */
-    size_t cap_segs, n_segs;
-    fwd_seg_t *segs; /* this step's adapter segments */
+    /* the step's LoRA plan (build_plan) and one wave of lora_add's buffers */
+    size_t cap_plora, n_plora;
+    fwd_plora_t *plora;  /* distinct LoRAs in order of first use */
+    fwd_ltask_t *ltasks; /* (cap_plora) one wave's tasks */
+    int *pidx;           /* (cap_plora) plan index of each (item, term), build_plan only */
+    size_t cap_prow;
+    size_t *prow; /* every LoRA's rows, concatenated */
+    float *pw;    /* their weights */
+    size_t cap_wave;                /* LoRA rows one wave holds */
+    size_t cap_xg, cap_slab, cap_h; /* floats */
+    float *xg, *slab, *h; /* (cap_wave, widest module) x2, (cap_wave, widest rank) */
 };
 
 /* transformers' _compute_llama3_parameters: long wavelengths are slowed by factor,
@@ -300,11 +321,17 @@ void core_fwd_free(core_fwd_t *f)
         return;
     free(f->inv_freq);
     free(f->block);
-    free(f->lora_tmp);
     free(f->scores);
     free(f->xl);
     free(f->logits);
-    free(f->segs);
+    free(f->plora);
+    free(f->ltasks);
+    free(f->pidx);
+    free(f->prow);
+    free(f->pw);
+    free(f->xg);
+    free(f->slab);
+    free(f->h);
     free(f);
 }
 
@@ -352,6 +379,64 @@ static rc_t fwd_reserve_rows(core_fwd_t *f, size_t rows)
     return RC_OK;
 }
 
+/* LoRA rows one wave of lora_add holds in a step of n_rows rows: all of them (at most
+ * CORE_ASET_MAX per row) when that is few, else LORA_WAVE_ROWS or n_rows, whichever is
+ * more - one LoRA's rows always fit. Each row costs a slab row and a gather row of the
+ * widest module (12 KB each at hidden 2816): a prefill of thousands of rows runs in
+ * several waves rather than holding eight slabs of its whole width. */
+#ifndef LORA_WAVE_ROWS
+#define LORA_WAVE_ROWS 256
+#endif
+
+static size_t wave_rows(size_t n_rows)
+{
+    size_t all = n_rows * CORE_ASET_MAX;
+    if (all <= LORA_WAVE_ROWS)
+        return all;
+    return n_rows > LORA_WAVE_ROWS ? n_rows : LORA_WAVE_ROWS;
+}
+
+/* The LoRA plan of n_items items and n_rows rows (each item's set names at most
+ * CORE_ASET_MAX LoRAs) and the buffers of one wave at rank max_rank. */
+static rc_t lora_grow(core_fwd_t *f, size_t n_rows, size_t n_items, size_t max_rank)
+{
+    const core_config_t *c = &f->m->cfg;
+    size_t qd = (size_t)c->n_heads * (size_t)c->head_dim, width = (size_t)c->dim;
+    size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim, hid = (size_t)c->hidden_dim;
+    width = qd > width ? qd : width, width = kvd > width ? kvd : width;
+    width = hid > width ? hid : width;
+    size_t wave = wave_rows(n_rows), n_lora = n_items * CORE_ASET_MAX;
+    size_t n_prow = n_rows * CORE_ASET_MAX;
+    rc_t rc;
+    if ((rc = grow(&f->xg, &f->cap_xg, wave * width)) ||
+        (rc = grow(&f->slab, &f->cap_slab, wave * width)) ||
+        (rc = grow(&f->h, &f->cap_h, wave * (max_rank ? max_rank : 1))))
+        return rc;
+    f->cap_wave = wave > f->cap_wave ? wave : f->cap_wave; /* xg and slab hold it */
+    if (n_prow > f->cap_prow) {
+        size_t *r = malloc(n_prow * sizeof *r);
+        float *w = malloc(n_prow * sizeof *w);
+        if (!r || !w) {
+            free(r), free(w);
+            return RC_NOMEM;
+        }
+        free(f->prow), free(f->pw);
+        f->prow = r, f->pw = w, f->cap_prow = n_prow;
+    }
+    if (n_lora > f->cap_plora) {
+        fwd_plora_t *p = malloc(n_lora * sizeof *p);
+        fwd_ltask_t *t = malloc(n_lora * sizeof *t);
+        int *x = malloc(n_lora * sizeof *x);
+        if (!p || !t || !x) {
+            free(p), free(t), free(x);
+            return RC_NOMEM;
+        }
+        free(f->plora), free(f->ltasks), free(f->pidx);
+        f->plora = p, f->ltasks = t, f->pidx = x, f->cap_plora = n_lora;
+    }
+    return RC_OK;
+}
+
 /* Every buffer a step of n_rows rows, n_out logit rows (n_items items, n_items > 1 when
  * the logits go through scratch), shrink rank max_rank and context max_ctx needs. */
 static rc_t fwd_grow(core_fwd_t *f, size_t n_rows, size_t n_out, size_t n_items,
@@ -361,20 +446,11 @@ static rc_t fwd_grow(core_fwd_t *f, size_t n_rows, size_t n_out, size_t n_items,
     size_t lg_rows = n_items > 1 ? n_out : 0;
     rc_t rc;
     if ((rc = fwd_reserve_rows(f, n_rows)) ||
-        (rc = grow(&f->lora_tmp, &f->cap_lora, n_rows * (max_rank ? max_rank : 1))) ||
         (rc = grow(&f->scores, &f->cap_scores, max_ctx)) ||
         (rc = grow(&f->xl, &f->cap_xl, n_out * (size_t)c->dim)) ||
         (rc = grow(&f->logits, &f->cap_lg, lg_rows * (size_t)c->n_vocab)))
         return rc;
-    if (n_items > f->cap_segs) {
-        fwd_seg_t *s = malloc(n_items * sizeof *s);
-        if (!s)
-            return RC_NOMEM;
-        free(f->segs);
-        f->segs = s;
-        f->cap_segs = n_items;
-    }
-    return RC_OK;
+    return lora_grow(f, n_rows, n_items, max_rank);
 }
 
 rc_t core_fwd_reserve(core_fwd_t *f, int max_rows, int max_rank, int max_items)
@@ -502,20 +578,71 @@ static rc_t reserve_blocks(core_fwd_item_t *items, int n_items, core_err_t *err)
     return RC_OK;
 }
 
-/* Adjacent items with equal sets become one segment; base-only items none. */
-static void build_segments(core_fwd_t *f, const core_fwd_item_t *items, int n_items)
+/* The distinct LoRAs of set s (NULL: none) with their summed weights; zero sums are left
+ * out (they add exactly nothing). Returns how many. */
+static int set_loras(const core_aset_t *s, const core_lora_t **l, float *w)
 {
+    int n = 0, m = 0;
+    for (int k = 0; s && k < s->n; k++) {
+        int j = 0;
+        while (j < n && l[j] != s->terms[k].lora)
+            j++;
+        if (j == n)
+            l[n] = s->terms[k].lora, w[n++] = 0.0f;
+        w[j] += s->terms[k].weight;
+    }
+    for (int j = 0; j < n; j++)
+        if (w[j] != 0.0f)
+            l[m] = l[j], w[m++] = w[j];
+    return m;
+}
+
+/* Plan index of LoRA l, added with no rows on first use. */
+static int plan_index(core_fwd_t *f, const core_lora_t *l)
+{
+    size_t p = 0;
+    while (p < f->n_plora && f->plora[p].lora != l)
+        p++;
+    if (p == f->n_plora)
+        f->plora[f->n_plora++] = (fwd_plora_t){.lora = l};
+    return (int)p;
+}
+
+/* Once per step: the distinct LoRAs of the items' sets, each with its rows in row order
+ * and their weights, so lora_add reads each LoRA's A and B once per module however many
+ * sequences use it. Pass 1 counts the rows of each LoRA, pass 2 fills them in. */
+static void build_plan(core_fwd_t *f, const core_fwd_item_t *items, int n_items)
+{
+    const core_lora_t *l[CORE_ASET_MAX];
+    float w[CORE_ASET_MAX];
+    f->n_plora = 0;
+    for (int i = 0; i < n_items; i++) {
+        int n = set_loras(items[i].aset, l, w), *idx = f->pidx + (size_t)i * CORE_ASET_MAX;
+        bool same = i > 0 && core_aset_equal(items[i - 1].aset, items[i].aset);
+        for (int k = 0; k < n; k++) {
+            idx[k] = same ? idx[k - CORE_ASET_MAX] : plan_index(f, l[k]);
+            f->plora[idx[k]].n_rows += (size_t)items[i].n_tokens;
+        }
+    }
+    for (size_t p = 0, at = 0; p < f->n_plora; p++) {
+        f->plora[p].at = at;
+        at += f->plora[p].n_rows;
+        f->plora[p].n_rows = 0;
+    }
     size_t row = 0;
-    f->n_segs = 0;
     for (int i = 0; i < n_items; row += (size_t)items[i].n_tokens, i++) {
-        const core_aset_t *s = items[i].aset;
-        if (!s)
-            continue;
-        fwd_seg_t *last = f->n_segs ? &f->segs[f->n_segs - 1] : NULL;
-        if (last && last->row + last->n_rows == row && core_aset_equal(last->aset, s))
-            last->n_rows += (size_t)items[i].n_tokens;
-        else
-            f->segs[f->n_segs++] = (fwd_seg_t){row, (size_t)items[i].n_tokens, s};
+        int n = set_loras(items[i].aset, l, w);
+        for (int k = 0; k < n; k++) {
+            fwd_plora_t *pl = &f->plora[f->pidx[(size_t)i * CORE_ASET_MAX + (size_t)k]];
+            for (int t = 0; t < items[i].n_tokens; t++, pl->n_rows++) {
+                f->prow[pl->at + pl->n_rows] = row + (size_t)t;
+                f->pw[pl->at + pl->n_rows] = w[k];
+            }
+        }
+    }
+    for (size_t p = 0; p < f->n_plora; p++) {
+        fwd_plora_t *pl = &f->plora[p];
+        pl->contiguous = f->prow[pl->at + pl->n_rows - 1] - f->prow[pl->at] == pl->n_rows - 1;
     }
 }
 
@@ -549,27 +676,125 @@ static void linear(float *y, const float *x, const core_linear_t *L, size_t n_ro
             y[r * n_out + o] += L->b[o];
 }
 
-/* y_s += sum_i (w_i s_i) (x_s A_i^T) B_i^T for every segment s and every term i of its
- * set whose LoRA targets this module: one shrink and one expand per term, each at the
- * term's own rank (no padding). Base-only rows belong to no segment.
- * x: (T, n_in)  y: (T, n_out)  A_i: (r_i, n_in)  B_i: (n_out, r_i)  tmp: (T_s, r_i). */
+/* A wave of LoRA tasks whose total work is below this many multiply-adds runs on the
+ * calling thread (tiny models, a single decode row), and a scatter below LORA_SERIAL_ADDS
+ * floats: a hand-off to the pool costs more. */
+#ifndef LORA_SERIAL_MACS
+#define LORA_SERIAL_MACS ((size_t)64 * 1024)
+#endif
+#ifndef LORA_SERIAL_ADDS
+#define LORA_SERIAL_ADDS ((size_t)32 * 1024)
+#endif
+#define LORA_SCATTER_GRAIN 64 /* columns */
+
+/* One wave of lora_add: tasks t[0 .. n_tasks) of one module. */
+typedef struct {
+    const core_fwd_t *f;
+    const float *x; /* (T, n_in) */
+    float *y;       /* (T, n_out) */
+    size_t n_in, n_out, n_tasks;
+    fwd_ltask_t *t;
+} lora_wave_t;
+
+/* One LoRA on its rows: H = X_l A^T (X_l gathered unless contiguous), row i of H scaled by
+ * w_i s, then out = H B^T - or y += H B^T in place when out is NULL. A and B are read
+ * once for all rows. Called on a pool thread, its products stay on that thread (the
+ * pool is busy, pool.h). */
+static void lora_task_run(const lora_wave_t *w, const fwd_ltask_t *t)
+{
+    const fwd_plora_t *pl = t->pl;
+    const size_t *rows = w->f->prow + pl->at;
+    const float *wt = w->f->pw + pl->at;
+    size_t n = pl->n_rows, r = (size_t)t->lm->r, n_in = w->n_in;
+    const float *xs = w->x + rows[0] * n_in;
+    if (!pl->contiguous) {
+        for (size_t i = 0; i < n; i++)
+            memcpy(t->xg + i * n_in, w->x + rows[i] * n_in, n_in * sizeof(float));
+        xs = t->xg;
+    }
+    core_gemm_nt(t->h, xs, t->lm->A, n, r, n_in, 1.0f, 0.0f);
+    for (size_t i = 0; i < n; i++) {
+        float c = wt[i] * t->lm->scale;
+        for (size_t k = 0; k < r; k++)
+            t->h[i * r + k] *= c;
+    }
+    if (t->out)
+        core_gemm_nt(t->out, t->h, t->lm->B, n, w->n_out, r, 1.0f, 0.0f);
+    else
+        core_gemm_nt(w->y + rows[0] * w->n_out, t->h, t->lm->B, n, w->n_out, r, 1.0f, 1.0f);
+}
+
+static void lora_tasks(void *arg, size_t begin, size_t end)
+{
+    const lora_wave_t *w = arg;
+    for (size_t i = begin; i < end; i++)
+        lora_task_run(w, &w->t[i]);
+}
+
+/* Columns [c0, c1) of y += every task's slab at its rows, task after task in plan order:
+ * each element's sum runs in the same order whichever thread adds which columns. */
+static void lora_scatter(void *arg, size_t c0, size_t c1)
+{
+    const lora_wave_t *w = arg;
+    for (size_t k = 0; k < w->n_tasks; k++) {
+        const fwd_ltask_t *t = &w->t[k];
+        const size_t *rows = w->f->prow + t->pl->at;
+        for (size_t i = 0; i < t->pl->n_rows; i++) {
+            float *yr = w->y + rows[i] * w->n_out;
+            const float *sr = t->out + i * w->n_out;
+            for (size_t c = c0; c < c1; c++)
+                yr[c] += sr[c];
+        }
+    }
+}
+
+/* Run a wave of macs multiply-adds over slab_rows slab rows: the tasks in parallel, each
+ * into its own slab, then the slabs added into y. A lone task with contiguous rows skips
+ * the slab and gets the whole pool for its own products instead. */
+static void lora_wave_run(lora_wave_t *w, size_t macs, size_t slab_rows)
+{
+    fwd_ltask_t *t0 = &w->t[0];
+    if (w->n_tasks == 1 && t0->pl->contiguous) {
+        t0->out = NULL;
+        lora_task_run(w, t0);
+        return;
+    }
+    if (w->n_tasks == 1 || macs < LORA_SERIAL_MACS)
+        lora_tasks(w, 0, w->n_tasks);
+    else
+        core_pool_for(w->n_tasks, 1, lora_tasks, w);
+    if (slab_rows * w->n_out < LORA_SERIAL_ADDS)
+        lora_scatter(w, 0, w->n_out);
+    else
+        core_pool_for(w->n_out, LORA_SCATTER_GRAIN, lora_scatter, w);
+}
+
+/* y[rows of l] += (w_row s_l) (x[rows of l] A_l^T) B_l^T for every LoRA l of the step's
+ * plan that targets this module: each LoRA's A and B read once for all its rows, at its
+ * own rank (no padding); base-only rows belong to no LoRA. The LoRAs are packed into
+ * waves that fit the slab (one wave in a decode step). x: (T, n_in)  y: (T, n_out)
+ * A_l: (r_l, n_in)  B_l: (n_out, r_l). */
 static void lora_add(const core_fwd_t *f, int layer, core_mod_t mod, const float *x, float *y,
                      const core_linear_t *L)
 {
-    size_t n_in = (size_t)L->n_in, n_out = (size_t)L->n_out;
-    for (size_t s = 0; s < f->n_segs; s++) {
-        const fwd_seg_t *sg = &f->segs[s];
-        for (int i = 0; i < sg->aset->n; i++) {
-            const core_lora_term_t *tm = &sg->aset->terms[i];
-            const core_lora_mod_t *lm = core_lora_mod(tm->lora, layer, mod);
-            if (!lm->A || tm->weight == 0.0f)
-                continue;
-            size_t r = (size_t)lm->r;
-            core_gemm_nt(f->lora_tmp, x + sg->row * n_in, lm->A, sg->n_rows, r, n_in, 1.0f, 0.0f);
-            core_gemm_nt(y + sg->row * n_out, f->lora_tmp, lm->B, sg->n_rows, n_out, r,
-                         tm->weight * lm->scale, 1.0f);
+    size_t n_in = (size_t)L->n_in, n_out = (size_t)L->n_out, rows = 0, hf = 0, macs = 0;
+    lora_wave_t w = {f, x, y, n_in, n_out, 0, f->ltasks};
+    for (size_t p = 0; p < f->n_plora; p++) {
+        const fwd_plora_t *pl = &f->plora[p];
+        const core_lora_mod_t *lm = core_lora_mod(pl->lora, layer, mod);
+        if (!lm->A)
+            continue;
+        size_t n = pl->n_rows, r = (size_t)lm->r;
+        if (w.n_tasks && (rows + n > f->cap_wave || hf + n * r > f->cap_h)) {
+            lora_wave_run(&w, macs, rows);
+            w.n_tasks = rows = hf = macs = 0;
         }
+        f->ltasks[w.n_tasks++] = (fwd_ltask_t){pl, lm, f->xg + rows * n_in, f->h + hf,
+                                               f->slab + rows * n_out};
+        rows += n, hf += n * r, macs += n * r * (n_in + n_out);
     }
+    if (w.n_tasks)
+        lora_wave_run(&w, macs, rows);
 }
 
 /* HF rotate_half RoPE on each head: the first and second halves of a head are the two
@@ -606,33 +831,6 @@ static void rope_tables(core_fwd_t *f, const core_fwd_item_t *items, int n_items
         }
 }
 
-/* sum a[i] b[i]. Eight independent partial sums: a single running sum is one long
- * dependency chain the compiler may not reorder (no -ffast-math), which made attention
- * dominate decode at long context. */
-static float dot(const float *restrict a, const float *restrict b, size_t n)
-{
-    float s[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            s[k] += a[i + k] * b[i + k];
-    float t = 0.0f;
-    for (; i < n; i++)
-        t += a[i] * b[i];
-    return t + ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
-/* y += p x, in blocks of 8 so it vectorizes at -O2. */
-static void axpy(float *restrict y, float p, const float *restrict x, size_t n)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            y[i + k] += p * x[i + k];
-    for (; i < n; i++)
-        y[i] += p * x[i];
-}
-
 /* Write the n new rows of k and v of layer l at positions len.. of the cache.
  * k, v: (n, kv_dim). */
 static void kv_write(const core_kv_t *kv, int l, const float *k, const float *v, int n)
@@ -648,51 +846,24 @@ static void kv_write(const core_kv_t *kv, int l, const float *k, const float *v,
     }
 }
 
-/* One head of one row: out = softmax(q K^T * scale) V over positions 0..ctx-1, read
- * block by block through the table. q, out: (hd); kvo: the kv head's offset in a row. */
-static void attend_head(const core_kv_t *kv, int l, const float *q, float *out, size_t ctx,
-                        size_t kvo, size_t hd, float scale, float *scores)
-{
-    const core_kv_pool_t *p = kv->pool;
-    size_t kvd = (size_t)p->kv_dim, bt = (size_t)p->block_tokens, span = bt * kvd;
-    float mx = -INFINITY, sum = 0.0f;
-    for (size_t j0 = 0, b = 0; j0 < ctx; j0 += bt, b++) {
-        const float *K = kv_block(p, kv->table[b], l) + kvo;
-        size_t nj = ctx - j0 < bt ? ctx - j0 : bt;
-        for (size_t j = 0; j < nj; j++) {
-            float s = dot(q, K + j * kvd, hd) * scale;
-            scores[j0 + j] = s;
-            mx = s > mx ? s : mx;
-        }
-    }
-    for (size_t j = 0; j < ctx; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    memset(out, 0, hd * sizeof *out);
-    for (size_t j0 = 0, b = 0; j0 < ctx; j0 += bt, b++) {
-        const float *V = kv_block(p, kv->table[b], l) + span + kvo;
-        size_t nj = ctx - j0 < bt ? ctx - j0 : bt;
-        for (size_t j = 0; j < nj; j++)
-            axpy(out, scores[j0 + j] / sum, V + j * kvd, hd);
-    }
-}
+/* Items of the step and the layer, for attn_view. */
+typedef struct {
+    const core_fwd_item_t *items;
+    int l;
+} attn_items_t;
 
-/* Causal attention of one item's n new rows against its cache (already holding them).
- * q, out: (n, n_heads*hd) for this item; scores: (ctx). */
-static void attend(const core_config_t *c, const core_kv_t *kv, int l, const float *q,
-                   float *out, int n, float *scores)
+/* core__attention's view of item i's cache at layer l (called from pool threads, reads
+ * only): K of block id b at kv_block(p, b, l), its V block_tokens rows further. */
+static void attn_view(void *ctx, int i, core__attn_kv_t *out)
 {
-    size_t hd = (size_t)c->head_dim, qd = (size_t)c->n_heads * hd;
-    int group = c->n_heads / c->n_kv_heads;
-    float scale = 1.0f / sqrtf((float)hd);
-    for (int t = 0; t < n; t++) {
-        size_t ctx = (size_t)kv->len + (size_t)t + 1; /* sees itself and everything before */
-        for (int h = 0; h < c->n_heads; h++)
-            attend_head(kv, l, q + (size_t)t * qd + (size_t)h * hd,
-                        out + (size_t)t * qd + (size_t)h * hd, ctx, (size_t)(h / group) * hd,
-                        hd, scale, scores);
-    }
+    const attn_items_t *a = ctx;
+    const core_kv_t *kv = a->items[i].kv;
+    const core_kv_pool_t *p = kv->pool;
+    *out = (core__attn_kv_t){.base = kv_block(p, 0, a->l), .table = kv->table,
+                             .block_stride = p->block_floats,
+                             .v_offset = (size_t)p->block_tokens * (size_t)p->kv_dim,
+                             .block_tokens = p->block_tokens, .len = kv->len,
+                             .n_tokens = a->items[i].n_tokens};
 }
 
 /* ---- the forward pass ------------------------------------------------------------ */
@@ -703,7 +874,7 @@ static void attn_block(const core_model_t *m, core_fwd_t *f, const core_fwd_item
 {
     const core_config_t *c = &m->cfg;
     const core_layer_t *L = &m->layers[l];
-    size_t hd = (size_t)c->head_dim, qd = (size_t)c->n_heads * hd;
+    size_t hd = (size_t)c->head_dim;
     size_t kvd = (size_t)c->n_kv_heads * hd, dim = (size_t)c->dim;
 
     /* q, k, v projections: one GEMM each over all rows, then the adapter segments */
@@ -716,14 +887,17 @@ static void attn_block(const core_model_t *m, core_fwd_t *f, const core_fwd_item
     rope(f->q, f->cos, f->sin, T, (size_t)c->n_heads, hd);
     rope(f->k, f->cos, f->sin, T, (size_t)c->n_kv_heads, hd);
 
-    /* append k, v to each item's cache, then attend over it */
+    /* append k, v to each item's cache, then attend over it: all items in one call */
     size_t row = 0;
     for (int i = 0; i < n_items; i++) {
-        const core_fwd_item_t *it = &items[i];
-        kv_write(it->kv, l, f->k + row * kvd, f->v + row * kvd, it->n_tokens);
-        attend(c, it->kv, l, f->q + row * qd, f->att + row * qd, it->n_tokens, f->scores);
-        row += (size_t)it->n_tokens;
+        kv_write(items[i].kv, l, f->k + row * kvd, f->v + row * kvd, items[i].n_tokens);
+        row += (size_t)items[i].n_tokens;
     }
+    attn_items_t ai = {items, l};
+    core__attention(&(core__attn_t){.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
+                                    .head_dim = c->head_dim, .n_items = n_items,
+                                    .view = attn_view, .view_ctx = &ai, .q = f->q,
+                                    .out = f->att});
 
     /* o_proj (+ adapters) into xn, residual */
     linear(f->xn, f->att, &L->lin[CORE_MOD_O], T);
@@ -795,7 +969,7 @@ rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, 
         return core_err(err, rc, "forward: out of memory for a batch of %zu tokens", d.n_rows);
     if ((rc = reserve_blocks(items, n_items, err)))
         return rc;
-    build_segments(f, items, n_items);
+    build_plan(f, items, n_items);
 
     /* embeddings of every new token, item after item */
     size_t dim = (size_t)m->cfg.dim, row = 0;

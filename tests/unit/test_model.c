@@ -4,6 +4,9 @@
  * (== alone == merged), and validation. Loading from disk is in test_model_load.c. */
 #include "tests/unit/model_fixture.h"
 
+#include "core/gemm.h"
+#include "core/pool.h"
+
 /* ---- config parsing --------------------------------------------------------------- */
 
 TEST(mod_names_and_shapes)
@@ -643,4 +646,83 @@ TEST(lora_mixed_batch)
     tiny_lora_free(l4);
     tiny_lora_free(l8);
     tiny_free(m);
+}
+
+/* The step's LoRA plan (forward.c build_plan): one LoRA shared by non-adjacent items and
+ * named twice in one set (its weights summed), a set whose two terms cancel (base), on
+ * the compute pool. Every item equals itself alone and the merged model; a second run of
+ * the same step gives bit-identical logits (the pool never changes a sum's order). */
+TEST(lora_plan_shared_repeated_deterministic)
+{
+    core_gemm_init(3);
+    core_config_t c = parse_ok(TINY_JSON(""));
+    core_model_t *m = tiny_model(&c, 31);
+    core_lora_t *la = tiny_lora(&c, 32, ALL_MODS, 4, 8.0f);
+    core_lora_t *lb = tiny_lora(&c, 33, MOD(Q) | MOD(V) | MOD(DOWN), 2, 4.0f);
+    core_lora_t *lc = tiny_lora(&c, 34, ALL_MODS & ~MOD(K), 8, 4.0f);
+    core_lora_t *twice[3] = {la, lb, la}, *bb[2] = {lb, lb}, *ca[2] = {lc, la};
+    core_aset_t *s_a = set1(la, 1.0f), *s_tw = set_of(3, twice, (float[]){0.5f, 1.0f, 0.25f});
+    core_aset_t *s_0 = set_of(2, bb, (float[]){1.0f, -1.0f});
+    core_aset_t *s_ca = set_of(2, ca, (float[]){-0.5f, 0.3f});
+    enum { N = 6 };
+    const core_aset_t *sets[N] = {s_a, NULL, s_tw, s_ca, s_a, s_0};
+    int lens[N] = {2, 3, 4, 1, 3, 2};
+    core_kv_pool_t *pool = pool_for(&c, 2 * N);
+    core_fwd_t *f = core_fwd_new(m);
+    core_err_t err = {{0}};
+    size_t V = (size_t)c.n_vocab;
+    int32_t *tok[N];
+    float *got[2][N];
+    ASSERT(f && pool);
+    for (int i = 0; i < N; i++)
+        tok[i] = seq_tokens(lens[i] + 1, 70 + i, c.n_vocab);
+    for (int run = 0; run < 2; run++) {
+        core_kv_t *kv[N];
+        core_fwd_item_t it[N];
+        for (int i = 0; i < N; i++) {
+            kv[i] = core_kv_new(pool);
+            got[run][i] = malloc(2 * V * sizeof(float));
+            it[i] = (core_fwd_item_t){.tokens = tok[i], .n_tokens = lens[i], .kv = kv[i],
+                                      .aset = sets[i], .logits = got[run][i]};
+        }
+        ASSERT_RC(core_forward(m, f, it, N, &err), RC_OK, &err);
+        for (int i = 0; i < N; i++) { /* then one decode token each */
+            it[i].tokens = tok[i] + lens[i];
+            it[i].n_tokens = 1;
+            it[i].logits = got[run][i] + V;
+        }
+        ASSERT_RC(core_forward(m, f, it, N, &err), RC_OK, &err);
+        for (int i = 0; i < N; i++)
+            core_kv_free(kv[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        int n = lens[i] + 1;
+        ASSERT(memcmp(got[0][i], got[1][i], 2 * V * sizeof(float)) == 0);
+        float *alone = run_alone(m, tok[i], n, sets[i]);
+        core_model_t *mg = tiny_merged(&c, 31, sets[i]);
+        double *ref = malloc((size_t)n * V * sizeof *ref);
+        ref_forward(mg, tok[i], n, ref);
+        for (int k = 0; k < 2; k++) {
+            size_t row = (size_t)(n - 2 + k) * V;
+            ASSERT_NEAR(max_diff(got[0][i] + k * V, alone + row, V), 0, 1e-5);
+            ASSERT_NEAR(max_diff_ref(got[0][i] + k * V, ref + row, V), 0, 1e-4);
+        }
+        free(alone), free(ref);
+        tiny_free(mg);
+    }
+    float *base = run_alone(m, tok[5], lens[5] + 1, NULL); /* s_0 cancels out */
+    ASSERT_NEAR(max_diff(got[0][5] + V, base + (size_t)lens[5] * V, V), 0, 1e-5);
+    float *solo_a = run_alone(m, tok[2], lens[2] + 1, s_a); /* la twice really acts */
+    ASSERT(max_diff(got[0][2] + V, solo_a + (size_t)lens[2] * V, V) > 1e-3);
+    free(base), free(solo_a);
+    for (int i = 0; i < N; i++)
+        free(tok[i]), free(got[0][i]), free(got[1][i]);
+    core_aset_t *all[4] = {s_a, s_tw, s_0, s_ca};
+    for (int i = 0; i < 4; i++)
+        core_aset_release(all[i]);
+    core_kv_pool_free(pool);
+    core_fwd_free(f);
+    tiny_lora_free(la), tiny_lora_free(lb), tiny_lora_free(lc);
+    tiny_free(m);
+    core_pool_shutdown();
 }
