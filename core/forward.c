@@ -4,8 +4,9 @@
  * linear layer is ONE GEMM over all T rows (the weights are read once per step), then
  * every distinct LoRA of the step adds its low-rank delta to the rows whose adapter set
  * names it (one shrink + one expand per LoRA over all its rows, so each A and B is read
- * once per step, mixed ranks without padding, base-only rows skipped), and attention runs
- * per item against that item's paged KV cache. Layout: activations are row-major
+ * once per step, mixed ranks without padding, base-only rows skipped), and attention
+ * (core/attention.c) runs every item against its own paged KV cache, over (item, KV head)
+ * pairs on the compute pool. Layout: activations are row-major
  * (T, width), row r belonging to the item whose token range contains r, in item order.
  *
  * KV pool: one arena of n_blocks fixed-size blocks, mapped once (pages cost nothing until
@@ -258,8 +259,6 @@ struct core_fwd {
     float *k, *v;     /* (rows, n_kv_heads*head_dim) */
     float *gate, *up; /* (rows, hidden_dim) */
     float *cos, *sin; /* (rows, head_dim/2) */
-    size_t cap_scores;
-    float *scores; /* (ctx) attention weights of one head */
     size_t cap_xl, cap_lg; /* floats */
     float *xl;     /* (out rows, dim) hidden states whose logits are wanted */
     float *logits; /* (out rows, n_vocab) when several items share the lm_head GEMM */
@@ -321,7 +320,6 @@ void core_fwd_free(core_fwd_t *f)
         return;
     free(f->inv_freq);
     free(f->block);
-    free(f->scores);
     free(f->xl);
     free(f->logits);
     free(f->plora);
@@ -438,15 +436,14 @@ static rc_t lora_grow(core_fwd_t *f, size_t n_rows, size_t n_items, size_t max_r
 }
 
 /* Every buffer a step of n_rows rows, n_out logit rows (n_items items, n_items > 1 when
- * the logits go through scratch), shrink rank max_rank and context max_ctx needs. */
+ * the logits go through scratch) and shrink rank max_rank needs. */
 static rc_t fwd_grow(core_fwd_t *f, size_t n_rows, size_t n_out, size_t n_items,
-                     size_t max_rank, size_t max_ctx)
+                     size_t max_rank)
 {
     const core_config_t *c = &f->m->cfg;
     size_t lg_rows = n_items > 1 ? n_out : 0;
     rc_t rc;
     if ((rc = fwd_reserve_rows(f, n_rows)) ||
-        (rc = grow(&f->scores, &f->cap_scores, max_ctx)) ||
         (rc = grow(&f->xl, &f->cap_xl, n_out * (size_t)c->dim)) ||
         (rc = grow(&f->logits, &f->cap_lg, lg_rows * (size_t)c->n_vocab)))
         return rc;
@@ -458,10 +455,9 @@ rc_t core_fwd_reserve(core_fwd_t *f, int max_rows, int max_rank, int max_items)
     if (!f || max_rows < 1 || max_rank < 0 || max_items < 1)
         return RC_INVALID;
     /* n_items <= n_rows (each item has a token); one logit row per item is the common
-     * case, all_logits items grow the logit rows later; attention may see max_pos */
+     * case, all_logits items grow the logit rows later */
     size_t items = (size_t)(max_items < max_rows ? max_items : max_rows);
-    return fwd_grow(f, (size_t)max_rows, items, items, (size_t)max_rank,
-                    (size_t)f->m->cfg.max_pos);
+    return fwd_grow(f, (size_t)max_rows, items, items, (size_t)max_rank);
 }
 
 /* ---- validation and reservation ------------------------------------------------- */
@@ -469,7 +465,6 @@ rc_t core_fwd_reserve(core_fwd_t *f, int max_rows, int max_rank, int max_items)
 typedef struct {
     size_t n_rows;   /* T: all new tokens */
     size_t n_out;    /* rows whose logits are wanted */
-    size_t max_ctx;  /* longest kv_len + n_tokens */
     size_t max_rank; /* widest module of any LoRA term the step applies */
 } batch_dims_t;
 
@@ -537,8 +532,6 @@ static rc_t check_batch(const core_model_t *m, const core_fwd_item_t *items, int
                 return core_err(err, RC_INVALID, "items %d and %d share one kv cache", j, i);
         d->n_rows += (size_t)it->n_tokens;
         d->n_out += it->all_logits ? (size_t)it->n_tokens : 1;
-        if ((size_t)(it->kv->len + it->n_tokens) > d->max_ctx)
-            d->max_ctx = (size_t)(it->kv->len + it->n_tokens);
         /* a set repeated on adjacent items was measured already */
         if (!it->aset || (i > 0 && core_aset_equal(items[i - 1].aset, it->aset)))
             continue;
@@ -965,7 +958,7 @@ rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, 
     if ((rc = check_batch(m, items, n_items, &d, err)))
         return rc;
     /* scratch before blocks: a failure after taking blocks would leave them reserved */
-    if ((rc = fwd_grow(f, d.n_rows, d.n_out, (size_t)n_items, d.max_rank, d.max_ctx)))
+    if ((rc = fwd_grow(f, d.n_rows, d.n_out, (size_t)n_items, d.max_rank)))
         return core_err(err, rc, "forward: out of memory for a batch of %zu tokens", d.n_rows);
     if ((rc = reserve_blocks(items, n_items, err)))
         return rc;
