@@ -454,14 +454,8 @@ void api__h_lora_adapters(api_t *a, const api_request_t *req, api_sink_t *sink, 
     (void)job;
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    core_err_t err = {{0}};
-    if (a->p.store) {
-        rc_t rc = store_list(a->p.store, &rows, &n, &err);
-        if (rc != RC_OK) {
-            api_send_error(sink, api_status_of(rc), NULL, rc_name(rc), err.msg);
-            return;
-        }
-    }
+    if (!api__list_adapters(a, sink, &rows, &n))
+        return;
     json_t *list = json_array();
     for (size_t i = 0; list && i < n; i++) {
         char spec[SEL_SPEC_MAX];

@@ -106,3 +106,18 @@ void api_send_error(api_sink_t *sink, int status, const char *type, const char *
     api__send_error_hdr(sink, status, type, code, message,
                         status == 429 ? "Retry-After: 1\r\n" : NULL);
 }
+
+bool api__list_adapters(api_t *a, api_sink_t *sink, store_adapter_t **rows, size_t *n)
+{
+    core_err_t err = {{0}};
+    *rows = NULL;
+    *n = 0;
+    if (!a->p.store)
+        return true;
+    rc_t rc = store_list(a->p.store, rows, n, &err);
+    if (rc != RC_OK) {
+        api_send_error(sink, api_status_of(rc), NULL, rc_name(rc), err.msg);
+        return false;
+    }
+    return true;
+}

@@ -75,6 +75,9 @@ bool api__token_ids(const json_t *arr, const char *what, int n_vocab, int32_t **
 
 /* Next value of the api's PRNG (splitmix64). Loop thread only. */
 uint64_t api__rand(api_t *a);
+/* The store's adapter list (store_list), or an error response sent to sink (false).
+ * With no store: true and an empty list. OUT: *rows (caller frees), *n. */
+bool api__list_adapters(api_t *a, api_sink_t *sink, store_adapter_t **rows, size_t *n);
 
 /* Handlers of the route table (api.c). */
 typedef void (*api_handler_fn)(api_t *a, const api_request_t *req, api_sink_t *sink,

@@ -41,14 +41,8 @@ void api__h_models(api_t *a, const api_request_t *req, api_sink_t *sink, api_job
     (void)job;
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    core_err_t err = {{0}};
-    if (a->p.store) {
-        rc_t rc = store_list(a->p.store, &rows, &n, &err);
-        if (rc != RC_OK) {
-            api_send_error(sink, api_status_of(rc), NULL, rc_name(rc), err.msg);
-            return;
-        }
-    }
+    if (!api__list_adapters(a, sink, &rows, &n))
+        return;
     json_t *data = json_array();
     json_array_append_new(
         data, json_pack("{s:s,s:s,s:I,s:s,s:s,s:n,s:i}", "id", a->model_name, "object", "model",
