@@ -37,21 +37,14 @@
 #include "core/engine.h"
 #include "core/lora.h"
 #include "core/model.h"
+#include "tests/tools/set_spec.h"
 #include "core/tokenizer.h"
 
-#define MAX_LORAS 16
 #define MAX_SETS 32
 #define MAX_REQS 64 /* target + others; alive sets are 64-bit masks */
 #define MAX_CANCELS 16
 #define MAX_GEN 1024
 #define TIMEOUT_S 120
-
-typedef struct {
-    bool linear;
-    int n;
-    int lora[CORE_ASET_MAX];
-    float weight[CORE_ASET_MAX];
-} set_spec_t;
 
 typedef struct {
     int when;       /* -1: before the target; else after its when-th token (target: -2) */
@@ -122,32 +115,6 @@ static int seq_parse(const char *text, req_t *r)
         return 0;
 bad:
     fprintf(stderr, "bad sequence '%s'\n", text);
-    return -1;
-}
-
-/* "0:0.7,2:-1.3" -> terms. 0 or -1. */
-static int spec_parse(const char *text, bool linear, set_spec_t *sp)
-{
-    const char *p = text;
-    sp->linear = linear;
-    sp->n = 0;
-    while (*p) {
-        char *end = NULL;
-        long i = strtol(p, &end, 10);
-        if (end == p || *end != ':' || i < 0 || i >= MAX_LORAS || sp->n >= CORE_ASET_MAX)
-            goto bad;
-        p = end + 1;
-        float w = strtof(p, &end);
-        if (end == p || (*end && *end != ','))
-            goto bad;
-        sp->lora[sp->n] = (int)i;
-        sp->weight[sp->n++] = w;
-        p = *end ? end + 1 : end;
-    }
-    if (sp->n > 0)
-        return 0;
-bad:
-    fprintf(stderr, "bad set spec '%s' (want I:W,J:W,...)\n", text);
     return -1;
 }
 

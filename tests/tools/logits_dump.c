@@ -35,9 +35,9 @@
 
 #include "core/lora.h"
 #include "core/model.h"
+#include "tests/tools/set_spec.h"
 #include "core/rc.h"
 
-#define MAX_LORAS 16
 #define MAX_SETS 32
 #define MAX_SEQS 64
 
@@ -49,13 +49,6 @@ typedef struct {
     float *logits;  /* n_tokens * n_vocab */
     core_kv_t *kv;
 } seq_t;
-
-typedef struct {
-    bool linear;
-    int n;
-    int lora[CORE_ASET_MAX];
-    float weight[CORE_ASET_MAX];
-} set_spec_t;
 
 typedef struct {
     const char *model_dir;
@@ -117,32 +110,6 @@ static int seq_parse(const char *text, seq_t *s)
         return -1;
     }
     return 0;
-}
-
-/* "0:0.7,2:-1.3" -> terms. LoRA indices are checked against the --lora count at the end. */
-static int spec_parse(const char *text, bool linear, set_spec_t *sp)
-{
-    const char *p = text;
-    sp->linear = linear;
-    sp->n = 0;
-    while (*p) {
-        char *end = NULL;
-        long i = strtol(p, &end, 10);
-        if (end == p || *end != ':' || i < 0 || i >= MAX_LORAS || sp->n >= CORE_ASET_MAX)
-            goto bad;
-        p = end + 1;
-        float w = strtof(p, &end);
-        if (end == p || (*end && *end != ','))
-            goto bad;
-        sp->lora[sp->n] = (int)i;
-        sp->weight[sp->n++] = w;
-        p = *end ? end + 1 : end;
-    }
-    if (sp->n > 0)
-        return 0;
-bad:
-    fprintf(stderr, "bad set spec '%s' (want I:W,J:W,...)\n", text);
-    return -1;
 }
 
 static long parse_long(const char *s, long lo)
