@@ -217,7 +217,8 @@ static bool held_append(seq_t *s, const char *p, size_t n)
         s->held = h;
         s->held_cap = cap;
     }
-    memcpy(s->held + s->n_held, p, n);
+    if (n)
+        memcpy(s->held + s->n_held, p, n); /* p may be NULL when n is 0 */
     s->n_held += n;
     s->held[s->n_held] = 0;
     return true;
@@ -275,12 +276,15 @@ static bool seq_on_token(core_engine_t *e, seq_t *s, int32_t tok, const float *l
 {
     s->tokens[s->n_tokens++] = tok;
     s->n_gen++;
-    core_event_t ev = {.kind = CORE_EV_TOKEN, .token = tok};
+    core_event_t ev = {.kind = CORE_EV_TOKEN, .token = tok, .text = ""};
     if (s->want_logits) {
         ev.logits = logits;
         ev.n_vocab = e->model->cfg.n_vocab;
     }
     if (!s->ignore_eos && is_eos(e, tok)) {
+        /* EOS is a generated token (usage counts it, token_ids lists it, as vLLM does)
+         * but has no text; the DONE event carries whatever text was still held. */
+        seq_emit(s, &ev);
         seq_flush(s);
         seq_emit_done(s, CORE_FINISH_STOP, s->held, s->n_held);
         return true;

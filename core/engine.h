@@ -71,7 +71,7 @@ typedef struct {
     int max_queue;          /* waiting sequences before RC_BUSY, default 256 */
     size_t kv_budget_bytes; /* KV cache pool, default 1 GiB */
     int kv_block_tokens;    /* positions per KV block, default 16 */
-    int max_rank;           /* largest adapter-set rank sum expected, sizes scratch; default 256 */
+    int max_rank;           /* largest LoRA rank expected (one adapter's r), sizes scratch; default 256 */
 } core_engine_params_t;
 core_engine_params_t core_engine_default_params(void);
 

@@ -934,9 +934,16 @@ static void logits_out(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *it
         o += k;
     }
     rmsnorm(f->xl, f->xl, m->final_norm, n_out, dim, c->norm_eps);
-    float *dst = n_items == 1 ? items[0].logits : f->logits;
+    /* When the callers' buffers are already consecutive rows in item order (the engine
+     * lays them out so), the GEMM writes there directly: no copy of n_out x vocab. */
+    bool direct = true;
+    for (int i = 1, o2 = items[0].all_logits ? items[0].n_tokens : 1; direct && i < n_items; i++) {
+        direct = items[i].logits == items[0].logits + (size_t)o2 * vocab;
+        o2 += items[i].all_logits ? items[i].n_tokens : 1;
+    }
+    float *dst = direct ? items[0].logits : f->logits;
     core_gemm_nt(dst, f->xl, m->lm_head, n_out, vocab, dim, 1.0f, 0.0f);
-    if (n_items == 1)
+    if (direct)
         return;
     o = 0;
     for (int i = 0; i < n_items; i++) {

@@ -139,7 +139,7 @@ typedef struct {
 } core_fwd_item_t;
 
 /* Scratch for core_forward. core_fwd_reserve sizes it for the largest step (rows = token
- * budget, rank = largest adapter-set rank sum) so steady-state steps never allocate;
+ * budget, rank = largest rank of one LoRA) so steady-state steps never allocate;
  * core_forward still grows it if a step is larger. */
 typedef struct core_fwd core_fwd_t;
 core_fwd_t *core_fwd_new(const core_model_t *m);

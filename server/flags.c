@@ -88,8 +88,8 @@ static const flag_t flags[] = {
     {"kv-block-tokens", FLAG_INT, OFF(kv_block_tokens), "16", 1, 65536, SERVE, "N",
      "engine: positions per KV cache block (the unit the cache is handed out in)"},
     {"max-rank", FLAG_INT, OFF(max_rank), "256", 0, 65536, SERVE, "N",
-     "engine: largest adapter-set rank (sum of r over a composition) the step scratch is "
-     "sized for at start; larger sets still run but allocate during the step"},
+     "engine: largest LoRA rank r the step scratch is sized for at start (each adapter of "
+     "a composition runs on its own); a larger rank still runs but allocates during the step"},
     {"log-level", FLAG_LEVEL, OFF(log_level), "info", 0, 0, BOTH, "LEVEL",
      "error, warn, info (one line per request) or debug"},
 };

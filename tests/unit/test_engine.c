@@ -98,6 +98,7 @@ typedef struct {
     char text[4096];
     size_t len;
     int n_token_events;
+    int32_t ids[256]; /* token ids of the TOKEN events */
     int done;
     core_finish_t finish;
     int n_gen;
@@ -155,6 +156,8 @@ static void on_event(void *user, const core_event_t *ev)
         s->text[s->len] = 0;
     }
     if (ev->kind == CORE_EV_TOKEN) {
+        if (s->n_token_events < 256)
+            s->ids[s->n_token_events] = ev->token;
         s->n_token_events++;
         sink_keep_logits(s, ev);
         sink_gate_locked(s);
@@ -812,5 +815,37 @@ TEST(stats_count_steps_and_rows)
     ASSERT_EQ(st.n_rows, (uint64_t)(r.n_prompt + 4));
     ASSERT(st.kv_blocks_total > 0);
     ASSERT_EQ(st.kv_blocks_used, 0);
+    teardown();
+}
+
+/* EOS ends with finish "stop" and is itself a TOKEN event (its id is reported, as usage
+ * counts it), with no text. The tiny model never picks EOS by itself, so the test makes
+ * the 4th greedy token the EOS id. */
+TEST(eos_is_reported_as_a_token)
+{
+    setup();
+    sink_t a, b;
+    sink_init(&a);
+    core_request_t r = request("Hello world", 12, &a);
+    generate(&r, &a);
+    ASSERT_EQ(a.n_token_events, 12);
+    int32_t eos = a.ids[3];
+    int first = 0;
+    while (a.ids[first] != eos)
+        first++;
+    core_engine_free(engine);
+    model->cfg.eos_ids[0] = eos;
+    model->cfg.n_eos = 1;
+    core_err_t err = {{0}};
+    ASSERT_RC(core_engine_new(model, tok, core_engine_default_params(), &engine, &err), RC_OK,
+              &err);
+    sink_init(&b);
+    r = request("Hello world", 12, &b);
+    r.ignore_eos = false;
+    generate(&r, &b);
+    ASSERT_EQ(b.finish, CORE_FINISH_STOP);
+    ASSERT_EQ(b.n_gen, first + 1);
+    ASSERT_EQ(b.n_token_events, b.n_gen);
+    ASSERT_EQ(b.ids[first], eos);
     teardown();
 }
