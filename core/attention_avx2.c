@@ -14,25 +14,9 @@
 #include <string.h>
 
 #include "core/attention.h"
+#include "core/avx2_util.h"
 
 #define INLINE static inline __attribute__((always_inline))
-
-/* Lane k of the result is the sum of the 8 lanes of v[k]. */
-INLINE __m256 hsum8x8(const __m256 *v)
-{
-    __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-    __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20),
-                         _mm256_permute2f128_ps(ab, cd, 0x31));
-}
-
-INLINE float hsum(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 INLINE float hmax(__m256 v)
 {
@@ -82,7 +66,7 @@ INLINE void scores(float *sc, const float *q, const float *const *rows, size_t n
             for (int k = 0; k < 8; k++)
                 acc[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[j + k] + c), acc[k]);
         }
-        __m256 r = hsum8x8(acc);
+        __m256 r = core__hsum8x8(acc);
         if (hd8 < hd) {
             float t[8] = {0};
             for (int k = 0; k < 8; k++)
@@ -96,7 +80,7 @@ INLINE void scores(float *sc, const float *q, const float *const *rows, size_t n
         __m256 acc = _mm256_setzero_ps();
         for (size_t c = 0; c < hd8; c += 8)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(rows[j] + c), acc);
-        float t = hsum(acc);
+        float t = core__hsum(acc);
         for (size_t i = hd8; i < hd; i++)
             t += q[i] * rows[j][i];
         sc[j] = t * scale;
@@ -133,7 +117,7 @@ INLINE void softmax_tile(float *sc, size_t n, float *m, float *s, float *out, si
         _mm256_storeu_ps(sc + j, e);
         vsum = _mm256_add_ps(vsum, e);
     }
-    float sum = hsum(vsum);
+    float sum = core__hsum(vsum);
     if (j < n) { /* tail through a padded vector: the same exp as the full lanes */
         float t[8];
         size_t r = n - j;

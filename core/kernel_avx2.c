@@ -19,6 +19,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "core/avx2_util.h"
+
 /* Internal entry points (declared in gemm.c). A is packed first (core__kernel_pack into
  * core__kernel_pack_floats(m, k) floats): per panel of up to PANEL_M rows, per k-chunk, the
  * panel's rows contiguous and zero-padded to a multiple of 8. Unpacked, rows of A that are
@@ -122,14 +124,6 @@ static const tile_fn TILES[MB_MAX][NB_MAX] = {
     {tile_4x1, tile_4x2, tile_4x3, 0},
 };
 
-static inline float hsum(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* Row-tile height for the next rows: 4s, and a remainder of 3, 2 or 1 (never 4+1 = 1
  * wasted-ish tile when 3+2 is available). With NB 4 the tile is at most 2 rows high so
  * it fits the 16 ymm registers. */
@@ -211,21 +205,11 @@ static void block(float *C, size_t ldc, const float *Ap, const float *B, size_t 
     }
     for (size_t i = 0; i < pm; i++)
         for (int j = 0; j < nb; j++) {
-            float dot = alpha * hsum(acc[i * (size_t)nb + (size_t)j]);
+            float dot = alpha * core__hsum(acc[i * (size_t)nb + (size_t)j]);
             float *out = C + i * ldc + (size_t)j;
             /* beta 0: C's old contents are not read (they may be NaN), as in BLAS */
             *out = beta == 0.0f ? dot : dot + beta * *out;
         }
-}
-
-/* The 8 horizontal sums of v[0..8) as one vector. */
-static inline __m256 hsum8(const __m256 *v)
-{
-    __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
-    __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
-    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                         _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
 /* Short rows (k <= SMALL_K: a LoRA expand, k = rank): a per-output horizontal sum would
@@ -256,7 +240,7 @@ static void block8_small_k(float *C, size_t ldc, const float *Ap, const float *B
                 acc[j] = _mm256_fmadd_ps(x, _mm256_maskload_ps(B + (size_t)j * ldb + kk, tail),
                                          acc[j]);
         }
-        __m256 r = _mm256_mul_ps(va, hsum8(acc));
+        __m256 r = _mm256_mul_ps(va, core__hsum8x8(acc));
         float *out = C + i * ldc;
         if (beta != 0.0f) /* beta 0: C is not read */
             r = _mm256_fmadd_ps(vb, _mm256_loadu_ps(out), r);
