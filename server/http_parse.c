@@ -21,16 +21,22 @@ static bool is_tchar(unsigned char ch)
            (ch && strchr("!#$%&'*+-.^_`|~", ch));
 }
 
+/* Record why this request is refused; the caller answers once and closes. */
+static void set_refusal(srv_conn_t *c, int status, const char *code, const char *fmt, va_list ap)
+{
+    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    c->err_status = status;
+    c->err_code = code;
+}
+
 static scan_rc_t scan_fail(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static scan_rc_t scan_fail(srv_conn_t *c, int status, const char *code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    set_refusal(c, status, code, fmt, ap);
     va_end(ap);
-    c->err_status = status;
-    c->err_code = code;
     return SCAN_ERROR;
 }
 
@@ -114,10 +120,8 @@ static int refuse(srv_conn_t *c, int status, const char *code, const char *fmt, 
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    set_refusal(c, status, code, fmt, ap);
     va_end(ap);
-    c->err_status = status;
-    c->err_code = code;
     return HPE_USER;
 }
 
