@@ -89,33 +89,7 @@ static state_t g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALI
 /* "1,2,3@1" -> tokens and set index (checked against the sets later). 0 or -1. */
 static int seq_parse(const char *text, req_t *r)
 {
-    size_t cap = strlen(text) / 2 + 1;
-    r->prompt = calloc(cap, sizeof *r->prompt);
-    r->set_index = -1;
-    if (!r->prompt)
-        return -1;
-    const char *p = text;
-    while (*p && *p != '@') {
-        char *end = NULL;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < INT32_MIN || v > INT32_MAX || (size_t)r->n_prompt >= cap)
-            goto bad;
-        r->prompt[r->n_prompt++] = (int32_t)v;
-        p = *end == ',' ? end + 1 : end;
-    }
-    if (*p == '@') {
-        char *end = NULL;
-        long k = strtol(p + 1, &end, 10);
-        if (end == p + 1 || *end || k < 0 || k >= MAX_SETS)
-            goto bad;
-        r->set_index = (int)k;
-    }
-    if (r->n_prompt > 0)
-        return 0;
-bad:
-    fprintf(stderr, "bad sequence '%s'\n", text);
-    return -1;
+    return seq_spec_parse(text, MAX_SETS, &r->prompt, &r->n_prompt, &r->set_index);
 }
 
 static long parse_long(const char *s, long lo)

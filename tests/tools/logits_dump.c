@@ -77,39 +77,7 @@ static int usage(void)
 /* "1,2,3@1" -> tokens and set index (checked against the sets later). 0 or -1. */
 static int seq_parse(const char *text, seq_t *s)
 {
-    size_t cap = strlen(text) / 2 + 1;
-    s->tokens = calloc(cap, sizeof *s->tokens);
-    s->set_index = -1;
-    if (!s->tokens)
-        return -1;
-    const char *p = text;
-    while (*p && *p != '@') {
-        char *end = NULL;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < INT32_MIN || v > INT32_MAX || (size_t)s->n_tokens >= cap) {
-            fprintf(stderr, "bad token list '%s'\n", text);
-            return -1;
-        }
-        s->tokens[s->n_tokens++] = (int32_t)v;
-        p = end;
-        if (*p == ',')
-            p++;
-    }
-    if (*p == '@') {
-        char *end = NULL;
-        long k = strtol(p + 1, &end, 10);
-        if (end == p + 1 || *end || k < 0 || k >= MAX_SETS) {
-            fprintf(stderr, "bad set index in '%s'\n", text);
-            return -1;
-        }
-        s->set_index = (int)k;
-    }
-    if (s->n_tokens == 0) {
-        fprintf(stderr, "empty sequence '%s'\n", text);
-        return -1;
-    }
-    return 0;
+    return seq_spec_parse(text, MAX_SETS, &s->tokens, &s->n_tokens, &s->set_index);
 }
 
 static long parse_long(const char *s, long lo)
