@@ -50,6 +50,9 @@ struct core_kv {
     int n_blocks; /* blocks held: table[0 .. n_blocks), may cover more than len */
     int cap;      /* entries of table */
     int *table;
+    /* check_batch's duplicate detection: the step (of which scratch) last claiming it */
+    const void *claimed_by;
+    uint64_t claimed_step;
 };
 
 rc_t core_kv_pool_new(const core_config_t *cfg, size_t budget_bytes, int block_tokens,
@@ -251,6 +254,7 @@ typedef struct {
 
 struct core_fwd {
     const core_model_t *m;
+    uint64_t n_steps; /* core_forward calls so far: stamps kv caches in check_batch */
     double *inv_freq; /* (head_dim/2) RoPE frequencies, scaling applied */
     size_t cap_rows;  /* rows of the per-token buffers below */
     float *block;     /* one allocation carved into: */
@@ -518,18 +522,22 @@ static rc_t check_item(const core_model_t *m, const core_fwd_item_t *it, int i, 
     return RC_OK;
 }
 
-static rc_t check_batch(const core_model_t *m, const core_fwd_item_t *items, int n_items,
+/* Two items sharing a cache are found by stamping each cache with this step (linear in
+ * the batch, not pairwise); the stamp is bookkeeping, not cache contents. */
+static rc_t check_batch(core_fwd_t *f, const core_fwd_item_t *items, int n_items,
                         batch_dims_t *d, core_err_t *err)
 {
     memset(d, 0, sizeof *d);
+    f->n_steps++;
     for (int i = 0; i < n_items; i++) {
         const core_fwd_item_t *it = &items[i];
-        rc_t rc = check_item(m, it, i, err);
+        rc_t rc = check_item(f->m, it, i, err);
         if (rc)
             return rc;
-        for (int j = 0; j < i; j++)
-            if (items[j].kv == it->kv)
-                return core_err(err, RC_INVALID, "items %d and %d share one kv cache", j, i);
+        if (it->kv->claimed_by == f && it->kv->claimed_step == f->n_steps)
+            return core_err(err, RC_INVALID, "item %d shares its kv cache with an earlier item", i);
+        it->kv->claimed_by = f;
+        it->kv->claimed_step = f->n_steps;
         d->n_rows += (size_t)it->n_tokens;
         d->n_out += it->all_logits ? (size_t)it->n_tokens : 1;
         /* a set repeated on adjacent items was measured already */
@@ -962,7 +970,7 @@ rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, 
         return core_err(err, RC_INVALID, "forward: bad arguments");
     if (n_items == 0)
         return RC_OK;
-    if ((rc = check_batch(m, items, n_items, &d, err)))
+    if ((rc = check_batch(f, items, n_items, &d, err)))
         return rc;
     /* scratch before blocks: a failure after taking blocks would leave them reserved */
     if ((rc = fwd_grow(f, d.n_rows, d.n_out, (size_t)n_items, d.max_rank)))
