@@ -36,7 +36,6 @@ typedef struct seq {
     int n_prompt, n_gen, n_fed; /* n_fed: tokens already in the KV cache */
     int max_tokens;
     bool ignore_eos, want_logits;
-    bool has_blocks;  /* holds KV blocks (a preemption would free something) */
     core_aset_t *aset; /* retained; NULL = base */
     char *group_name;  /* copied at submit */
     group_t *grp;      /* engine thread: resolved at intake */
@@ -428,7 +427,6 @@ static void seq_preempt(core_engine_t *e, seq_t *s)
 {
     core_kv_reset(s->kv);
     s->n_fed = 0;
-    s->has_blocks = false;
     running_remove(e, s);
     wait_push(e, s, true);
     e->n_preempted++;
@@ -579,7 +577,7 @@ static seq_t *pick_victim(const core_engine_t *e)
 {
     seq_t *best = NULL;
     for (seq_t *s = e->running; s; s = s->next) {
-        if (!s->has_blocks)
+        if (core_kv_n_blocks(s->kv) == 0) /* preempting it would free nothing */
             continue;
         if (!best || s->grp->n_running > best->grp->n_running ||
             (s->grp->n_running == best->grp->n_running && s->admit_tick > best->admit_tick))
@@ -597,10 +595,8 @@ restart:
         if (!seq_decoding(s) || core_kv_blocks_needed(s->kv, 1) == 0)
             continue;
         rc_t rc = core_kv_reserve(s->kv, 1);
-        if (rc == RC_OK) {
-            s->has_blocks = true;
+        if (rc == RC_OK)
             continue;
-        }
         if (rc == RC_BUSY) {
             seq_t *v = pick_victim(e);
             seq_preempt(e, v ? v : s);
@@ -659,7 +655,6 @@ static int plan_prefills(core_engine_t *e, int n, int budget)
         int take = chunk_fit(e, s, todo < budget ? todo : budget);
         if (take <= 0 || core_kv_reserve(s->kv, take) != RC_OK)
             continue; /* no blocks for it this step: it waits */
-        s->has_blocks = true;
         s->grp->last_prefill = e->n_steps + 1;
         slot_add(e, n++, s, take);
         budget -= take;

@@ -169,6 +169,11 @@ int core_kv_len(const core_kv_t *kv)
     return kv->len;
 }
 
+int core_kv_n_blocks(const core_kv_t *kv)
+{
+    return kv->n_blocks;
+}
+
 int core_kv_blocks_needed(const core_kv_t *kv, int n_new)
 {
     long long want = (long long)kv->len + (n_new > 0 ? n_new : 0);

@@ -119,6 +119,8 @@ int core_kv_pool_blocks_for(const core_kv_pool_t *p, int n_tokens);
 core_kv_t *core_kv_new(core_kv_pool_t *pool);
 void core_kv_free(core_kv_t *kv); /* returns its blocks to the pool */
 int core_kv_len(const core_kv_t *kv);
+/* Blocks the cache holds now (0 after core_kv_reset). */
+int core_kv_n_blocks(const core_kv_t *kv);
 /* Extra blocks needed to append n_new positions. */
 int core_kv_blocks_needed(const core_kv_t *kv, int n_new);
 /* Take the blocks for n_new more positions now. RC_BUSY (nothing taken) when the pool has
