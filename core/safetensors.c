@@ -503,6 +503,17 @@ void core_st_free(core_st_t *st)
     free(st);
 }
 
+/* The end of every opener: on success hand st to the caller, else free it. */
+static rc_t st_publish(core_st_t *st, rc_t rc, core_st_t **out)
+{
+    if (rc) {
+        core_st_free(st);
+        return rc;
+    }
+    *out = st;
+    return RC_OK;
+}
+
 rc_t core_st_parse(const uint8_t *buf, size_t len, const char *label, core_st_t **out,
                    core_err_t *err)
 {
@@ -515,12 +526,7 @@ rc_t core_st_parse(const uint8_t *buf, size_t len, const char *label, core_st_t 
         rc = st_parse_into(st, buf, len, label, 0, err);
     if (!rc)
         rc = st_index_build(st, err);
-    if (rc) {
-        core_st_free(st);
-        return rc;
-    }
-    *out = st;
-    return RC_OK;
+    return st_publish(st, rc, out);
 }
 
 /* mmaps path read-only (an empty file maps to NULL, len 0). */
@@ -583,12 +589,7 @@ rc_t core_st_open_file(const char *path, core_st_t **out, core_err_t *err)
     rc_t rc = st_open_into(st, path, path, err);
     if (!rc)
         rc = st_index_build(st, err);
-    if (rc) {
-        core_st_free(st);
-        return rc;
-    }
-    *out = st;
-    return RC_OK;
+    return st_publish(st, rc, out);
 }
 
 static char *st_path_join(const char *dir, const char *name)
