@@ -36,6 +36,8 @@ $(BUILD)/%.o: %.c
 # after checking the CPU at run time.
 $(BUILD)/core/kernel_avx2.o: ALLCFLAGS += -mavx2 -mfma
 $(BUILD)/core/attention_avx2.o: ALLCFLAGS += -mavx2 -mfma
+# SHA-256 compression with the x86 SHA extensions; core/sha256.c checks the CPU first.
+$(BUILD)/core/sha256_ni.o: ALLCFLAGS += -msha -msse4.1 -mssse3
 
 # llhttp's C sources come from Debian's node-llhttp package; they are not ours, so
 # they build without our warning flags.

@@ -16,19 +16,15 @@
 
 #define SEL_SPEC_MAX (STORE_NAME_MAX + 16) /* "NAME@VERSION" with room to spare */
 
-/* Terms gathered before the set is built. Each lora is a store reference we release. */
-typedef struct {
-    int n;
-    core_lora_t *lora[CORE_ASET_MAX];
-    float w[CORE_ASET_MAX];
-    char spec[CORE_ASET_MAX][SEL_SPEC_MAX]; /* as given (or NAME@VERSION for an index) */
-} sel_terms_t;
+typedef api_terms_t sel_terms_t;
 
-static void terms_clear(sel_terms_t *t)
+void api__terms_release(api_terms_t *t)
 {
-    for (int i = 0; i < t->n; i++)
-        core_lora_release(t->lora[i]);
-    t->n = 0;
+    for (int i = 0; i < t->n; i++) {
+        if (t->want[i].lora)
+            core_lora_release(t->want[i].lora);
+        t->want[i].lora = NULL;
+    }
 }
 
 static const char *const sel_selectors[] = {"adapter", "adapter_id", "adapters", "lora"};
@@ -65,14 +61,14 @@ static bool sel_which(const json_t *root, const char **which, api_fail_t *f)
     return true;
 }
 
-/* Acquire spec from the store. what names its field in messages ("`adapters[1].name`"),
- * or NULL for a top-level field. OUT: *lora retained, canon "NAME@VERSION" (optional). */
-static bool sel_acquire(api_t *a, const char *spec, const char *what, core_lora_t **lora,
-                        char *canon, api_fail_t *f)
+/* Resolve spec in the store now (the adapter is acquired later, when every term is
+ * known). what names its field in messages ("`adapters[1].name`"), or NULL for a
+ * top-level field. OUT: canon "NAME@VERSION". */
+static bool sel_resolve(api_t *a, const char *spec, const char *what, char *canon, api_fail_t *f)
 {
     store_adapter_t row;
     core_err_t err = {{0}};
-    rc_t rc = a->p.store ? store_acquire(a->p.store, spec, lora, &row, &err) : RC_NOT_FOUND;
+    rc_t rc = a->p.store ? store_resolve(a->p.store, spec, &row, &err) : RC_NOT_FOUND;
     /* A malformed name (RC_INVALID) cannot exist either: same answer as an unknown one. */
     if ((rc == RC_NOT_FOUND || rc == RC_INVALID) && what)
         return api__fail(f, 404, "model_not_found", "The model `%.200s` does not exist (%s).", spec,
@@ -81,20 +77,22 @@ static bool sel_acquire(api_t *a, const char *spec, const char *what, core_lora_
         return api__fail(f, 404, "model_not_found", "The model `%.200s` does not exist.", spec);
     if (rc != RC_OK)
         return api__fail_rc(f, rc, &err);
-    if (canon)
-        snprintf(canon, SEL_SPEC_MAX, "%s@%d", row.name, row.version);
+    snprintf(canon, STORE_SPEC_MAX, "%s@%d", row.name, row.version);
     return true;
 }
 
 static bool sel_add(api_t *a, sel_terms_t *t, const char *spec, float w, const char *what,
                     char *canon, api_fail_t *f)
 {
-    core_lora_t *l = NULL;
-    if (!sel_acquire(a, spec, what, &l, canon, f))
+    char c[STORE_SPEC_MAX];
+    if (!sel_resolve(a, spec, what, c, f))
         return false;
-    t->lora[t->n] = l;
+    if (canon)
+        snprintf(canon, SEL_SPEC_MAX, "%s", c);
+    memset(&t->want[t->n], 0, sizeof t->want[t->n]);
+    snprintf(t->want[t->n].spec, sizeof t->want[t->n].spec, "%s", c);
     t->w[t->n] = w;
-    snprintf(t->spec[t->n], SEL_SPEC_MAX, "%s", spec);
+    snprintf(t->given[t->n], SEL_SPEC_MAX, "%s", spec);
     t->n++;
     return true;
 }
@@ -108,7 +106,7 @@ static bool sel_model(api_t *a, const char *model, const char *which, sel_terms_
         return false;
     if (!which)
         return true;
-    terms_clear(t);
+    t->n = 0;
     return api__fail(f, 400, "conflicting_fields",
                      "`model` names the adapter `%.100s` and `%s` selects adapters too: set "
                      "`model` to the base model `%.100s` when `%s` selects them",
@@ -267,38 +265,27 @@ static bool sel_lora_entry(api_t *a, const json_t *e, size_t i, store_adapter_t 
     static const char *const keys[] = {"id", "scale", NULL};
     char path[32], what[48], spec[SEL_SPEC_MAX];
     float scale = 0;
-    core_lora_t *l = NULL;
     snprintf(path, sizeof path, "lora[%zu]", i);
     snprintf(what, sizeof what, "`%s.id`", path);
     if (!sel_entry_shape(e, path, keys, "{\"id\": index or name, \"scale\": number}", f) ||
         !sel_lora_id(a, e, path, rows, n_rows, spec, f) ||
         !sel_weight(e, "scale", path, true, &scale, f) ||
-        !sel_acquire(a, spec, what, &l, seen[i], f))
+        !sel_resolve(a, spec, what, seen[i], f))
         return false;
     for (size_t k = 0; k < i; k++) {
-        if (strcmp(seen[k], seen[i]) == 0) {
-            core_lora_release(l);
+        if (strcmp(seen[k], seen[i]) == 0)
             return api__fail(f, 400, "invalid_value",
                              "`%s.id` selects `%s` again (as `lora[%zu]` does): list each "
                              "adapter once",
                              path, seen[i], k);
-        }
     }
-    if (scale == 0) { /* llama.cpp: scale 0 means not applied */
-        core_lora_release(l);
+    if (scale == 0) /* llama.cpp: scale 0 means not applied */
         return true;
-    }
-    if (t->n == CORE_ASET_MAX) {
-        core_lora_release(l);
+    if (t->n == CORE_ASET_MAX)
         return api__fail(f, 400, "invalid_value",
                          "`lora` may apply at most %d adapters with a non-zero scale",
                          CORE_ASET_MAX);
-    }
-    t->lora[t->n] = l;
-    t->w[t->n] = scale;
-    snprintf(t->spec[t->n], SEL_SPEC_MAX, "%s", spec);
-    t->n++;
-    return true;
+    return sel_add(a, t, spec, scale, what, NULL, f);
 }
 
 /* `lora`: [{"id", "scale"}] as llama.cpp's server takes it. */
@@ -327,27 +314,27 @@ static bool sel_lora(api_t *a, const json_t *root, sel_terms_t *t, api_fail_t *f
 /* "linear" mixes factors, so every module targeted by two terms needs one rank. */
 static bool sel_linear_ranks(const sel_terms_t *t, api_fail_t *f)
 {
-    int n_layers = t->lora[0]->n_layers;
+    int n_layers = t->want[0].lora->n_layers;
     for (int i = 1; i < t->n; i++)
-        n_layers = t->lora[i]->n_layers < n_layers ? t->lora[i]->n_layers : n_layers;
+        n_layers = t->want[i].lora->n_layers < n_layers ? t->want[i].lora->n_layers : n_layers;
     for (int layer = 0; layer < n_layers; layer++) {
         for (int m = 0; m < CORE_MOD__COUNT; m++) {
             int first = -1;
             for (int i = 0; i < t->n; i++) {
-                const core_lora_mod_t *md = core_lora_mod(t->lora[i], layer, (core_mod_t)m);
+                const core_lora_mod_t *md = core_lora_mod(t->want[i].lora, layer, (core_mod_t)m);
                 if (!md->A)
                     continue;
                 if (first < 0) {
                     first = i;
                     continue;
                 }
-                int r0 = core_lora_mod(t->lora[first], layer, (core_mod_t)m)->r;
+                int r0 = core_lora_mod(t->want[first].lora, layer, (core_mod_t)m)->r;
                 if (md->r != r0)
                     return api__fail(f, 400, "rank_mismatch",
                                      "`combination` \"linear\" needs adapters of equal rank: "
                                      "`%s` has rank %d and `%s` rank %d in layer %d %s "
                                      "(\"cat\", the default, combines any ranks)",
-                                     t->spec[first], r0, t->spec[i], md->r, layer,
+                                     t->given[first], r0, t->given[i], md->r, layer,
                                      core_mod_name((core_mod_t)m));
             }
         }
@@ -362,13 +349,13 @@ static void sel_group(const sel_terms_t *t, bool linear, char *buf, size_t cap)
     size_t len = 0;
     buf[0] = '\0';
     if (t->n == 1 && t->w[0] == 1.0f && !linear) {
-        snprintf(buf, cap, "%s", t->spec[0]);
+        snprintf(buf, cap, "%s", t->given[0]);
         return;
     }
     if (linear)
         len = (size_t)snprintf(buf, cap, "linear:");
     for (int i = 0; i < t->n && len < cap; i++)
-        len += (size_t)snprintf(buf + len, cap - len, "%s%s*%g", i ? "+" : "", t->spec[i],
+        len += (size_t)snprintf(buf + len, cap - len, "%s%s*%g", i ? "+" : "", t->given[i],
                                 (double)t->w[i]);
 }
 
@@ -382,7 +369,7 @@ static bool sel_build(const sel_terms_t *t, bool linear, api_sel_t *sel, api_fai
     if (t->n == 0)
         return true;
     for (int i = 0; i < t->n; i++)
-        terms[i] = (core_lora_term_t){.lora = t->lora[i], .weight = t->w[i]};
+        terms[i] = (core_lora_term_t){.lora = t->want[i].lora, .weight = t->w[i]};
     if (linear) {
         if (!sel_linear_ranks(t, f))
             return false;
@@ -423,19 +410,54 @@ static bool sel_terms(api_t *a, const json_t *root, const char *model, const cha
     return sel_add(a, t, spec, 1.0f, what, NULL, f);
 }
 
-bool api__select(api_t *a, const json_t *root, const char *model, api_sel_t *sel, api_fail_t *f)
+bool api__sel_gather(api_t *a, const json_t *root, const char *model, api_terms_t *t,
+                     api_fail_t *f)
 {
-    sel_terms_t t;
     const char *which = NULL;
-    bool linear = false;
+    memset(t, 0, sizeof *t);
+    return sel_which(root, &which, f) && sel_combination(root, &t->linear, f) &&
+           sel_terms(a, root, model, which, t, f);
+}
+
+bool api__sel_build(api_terms_t *t, api_sel_t *sel, api_fail_t *f)
+{
     memset(sel, 0, sizeof *sel);
-    t.n = 0;
-    bool ok = sel_which(root, &which, f) && sel_combination(root, &linear, f) &&
-              sel_terms(a, root, model, which, &t, f) && sel_build(&t, linear, sel, f);
-    terms_clear(&t);
+    bool ok = sel_build(t, t->linear, sel, f);
+    api__terms_release(t); /* the set holds its own references */
     if (!ok)
         api__sel_clear(sel);
     return ok;
+}
+
+bool api__acquire_fail(rc_t rc, const core_err_t *err, api_fail_t *f)
+{
+    switch (rc) {
+    case RC_NOT_FOUND:
+    case RC_INVALID: return api__fail(f, 404, "model_not_found", "%s", err->msg);
+    case RC_UNAVAILABLE: return api__fail(f, 503, "adapter_unavailable", "%s", err->msg);
+    case RC_LIMIT: return api__fail(f, 422, "adapter_too_large", "%s", err->msg);
+    default: return api__fail_rc(f, rc, err);
+    }
+}
+
+bool api__select(api_t *a, const json_t *root, const char *model, api_sel_t *sel, api_fail_t *f)
+{
+    api_terms_t t;
+    store_wait_t *wait = NULL;
+    core_err_t err = {{0}};
+    memset(sel, 0, sizeof *sel);
+    if (!api__sel_gather(a, root, model, &t, f))
+        return false;
+    if (t.n == 0)
+        return true;
+    rc_t rc = store_acquire(a->p.store, t.want, t.n, NULL, NULL, &wait, &err);
+    if (rc == RC_OK && wait) { /* only a synchronous executor completes in the call */
+        store_wait_cancel(a->p.store, wait);
+        return api__fail(f, 503, "adapter_unavailable", "adapter is still loading");
+    }
+    if (rc != RC_OK)
+        return api__acquire_fail(rc, &err, f);
+    return api__sel_build(&t, sel, f);
 }
 
 void api__sel_clear(api_sel_t *sel)

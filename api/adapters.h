@@ -14,8 +14,8 @@
  * The fair-share group is the adapter selection as given (the adapter spec string, or a
  * canonical text of a composition); tenants replace it with a later issue.
  *
- * Threads: the loop thread (store_acquire may read an adapter from disk on first use, and a
- * "linear" composition builds its mixed LoRA here).
+ * Threads: the loop thread (adapters are resolved here; loads run on the store's executor;
+ * a "linear" composition builds its mixed LoRA here once its terms are resident).
  * Ownership: api__select returns a new reference to the set (caller releases, after the
  * engine has retained what it keeps); the body is borrowed for the call. */
 #ifndef API_ADAPTERS_H
@@ -32,11 +32,32 @@ typedef struct {
     char group[API_GROUP_MAX]; /* "" for the base model */
 } api_sel_t;
 
+/* The terms of a selection, gathered and resolved before the adapters are acquired. */
+typedef struct {
+    int n;
+    store_want_t want[CORE_ASET_MAX];          /* spec = canonical NAME@VERSION */
+    float w[CORE_ASET_MAX];
+    char given[CORE_ASET_MAX][STORE_SPEC_MAX + 8]; /* the spec as the client wrote it */
+    bool linear;
+} api_terms_t;
+
 /* The request fields this module reads, besides `model` (for the completion's field list). */
 #define API_SEL_FIELDS "adapter", "adapter_id", "adapters", "combination", "lora"
 
-/* Resolve the selection fields of root. model is the request's `model` (required, already
- * checked to be a string). OUT: *sel (zeroed on failure). */
+/* Validate the selection fields of root and resolve every adapter they name (unknown ->
+ * 404 naming the field). model is the request's `model` (already checked to be a string).
+ * OUT: *t (t->n == 0: the base model). Nothing is acquired yet. */
+bool api__sel_gather(api_t *a, const json_t *root, const char *model, api_terms_t *t,
+                     api_fail_t *f);
+/* Once every want holds its lora (store_acquire): build the set. Releases the wants'
+ * references in every case. OUT: *sel. */
+bool api__sel_build(api_terms_t *t, api_sel_t *sel, api_fail_t *f);
+/* Drop the references the wants hold (NULL-safe per want). */
+void api__terms_release(api_terms_t *t);
+/* The failure for an rc of store_acquire (404, 503 adapter_unavailable, 422 ...). */
+bool api__acquire_fail(rc_t rc, const core_err_t *err, api_fail_t *f);
+/* gather + acquire + build in one call: only for a store with a synchronous executor (tools
+ * and tests); a load that would have to wait fails with 503. */
 bool api__select(api_t *a, const json_t *root, const char *model, api_sel_t *sel, api_fail_t *f);
 /* Release sel's set (NULL-safe) and clear it. */
 void api__sel_clear(api_sel_t *sel);

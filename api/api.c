@@ -1,10 +1,15 @@
 /* api.c - the route table, rc -> HTTP status, and error bodies.
  *
- * Routes are a static table (redis's command table): an exact path and a method. A path
- * in the table with another method is 405 with an Allow header listing the methods it
- * has; any other path is 404. Handlers live in completions.c (generation, pending jobs),
- * misc.c and adapters.c (everything that answers at once). This is the one place in
- * adapterd that turns an rc_t into an HTTP status. Threads: the loop thread (see api.h). */
+ * Routes are a static table (redis's command table). A route is an exact path, or a
+ * prefix, one path segment as its parameter, and a suffix ("/v1/adapters/" SPEC "/pin").
+ * The parameter is one non-empty segment (no '/'), percent-decoded before the handler
+ * sees it. A path some route fits with another method is 405 with an Allow header listing
+ * the methods the fitting routes have; any other path is 404. Routes marked local_only
+ * (vLLM's load/unload of server-side folders) do not exist unless allow_local_paths: they
+ * answer the same 404 as an unknown path. Handlers live in completions.c (generation),
+ * misc.c and adapters.c (answers at once), admin.c (adapter admin, store changes) and
+ * upload.c (multipart uploads). This is the one place in adapterd that turns an rc_t into
+ * an HTTP status. Threads: the loop thread (see api.h). */
 #include "api/api.h"
 
 #include <stdio.h>
@@ -17,19 +22,80 @@
 
 typedef struct {
     const char *method;
-    const char *path;
-    api_handler_fn fn;
+    const char *path;   /* the whole path, or what precedes the parameter */
+    const char *suffix; /* NULL: no parameter; else what follows it ("" for nothing) */
+    api_handler_fn fn;        /* routes without a parameter */
+    api_param_handler_fn pfn; /* routes with one */
+    bool local_only;          /* only with allow_local_paths */
 } api_route_t;
 
+#define API_ADAPTERS "/v1/adapters/"
+#define API_ALIASES "/v1/aliases/"
+
 static const api_route_t api_routes[] = {
-    {"POST", "/v1/completions", api__h_completions},
-    {"GET", "/v1/models", api__h_models},
-    {"GET", "/healthz", api__h_healthz},
-    {"POST", "/tokenize", api__h_tokenize},
-    {"POST", "/detokenize", api__h_detokenize},
-    {"GET", "/lora-adapters", api__h_lora_adapters},
+    {"POST", "/v1/completions", NULL, api__h_completions, NULL, false},
+    {"GET", "/v1/models", NULL, api__h_models, NULL, false},
+    {"GET", "/healthz", NULL, api__h_healthz, NULL, false},
+    {"POST", "/tokenize", NULL, api__h_tokenize, NULL, false},
+    {"POST", "/detokenize", NULL, api__h_detokenize, NULL, false},
+    {"GET", "/lora-adapters", NULL, api__h_lora_adapters, NULL, false},
+    {"GET", "/v1/adapters", NULL, api__h_adapters_list, NULL, false},
+    {"POST", "/v1/adapters", NULL, api__h_upload, NULL, false},
+    {"GET", API_ADAPTERS, "", NULL, api__hp_adapter_get, false},
+    {"POST", API_ADAPTERS, "", NULL, api__hp_upload, false},
+    {"DELETE", API_ADAPTERS, "", NULL, api__hp_adapter_delete, false},
+    {"POST", API_ADAPTERS, "/pin", NULL, api__hp_adapter_pin, false},
+    {"POST", API_ADAPTERS, "/unpin", NULL, api__hp_adapter_unpin, false},
+    {"GET", "/v1/aliases", NULL, api__h_aliases_list, NULL, false},
+    {"GET", API_ALIASES, "", NULL, api__hp_alias_get, false},
+    {"PUT", API_ALIASES, "", NULL, api__hp_alias_put, false},
+    {"DELETE", API_ALIASES, "", NULL, api__hp_alias_delete, false},
+    {"POST", "/v1/load_lora_adapter", NULL, api__h_vllm_load, NULL, true},
+    {"POST", "/v1/unload_lora_adapter", NULL, api__h_vllm_unload, NULL, true},
 };
 #define API_N_ROUTES (sizeof api_routes / sizeof api_routes[0])
+
+/* Does path fit r? OUT: the raw parameter span (routes with one). */
+static bool route_fits(const api_route_t *r, const char *path, const char **param,
+                       size_t *n_param)
+{
+    if (!r->suffix)
+        return strcmp(r->path, path) == 0;
+    size_t n_pre = strlen(r->path), n_suf = strlen(r->suffix), n = strlen(path);
+    if (n <= n_pre + n_suf || strncmp(path, r->path, n_pre) != 0 ||
+        strcmp(path + n - n_suf, r->suffix) != 0)
+        return false;
+    *param = path + n_pre;
+    *n_param = n - n_pre - n_suf;
+    return memchr(*param, '/', *n_param) == NULL;
+}
+
+/* The route for method + path. OUT: *route (NULL when none fits with this method), the
+ * parameter span, and allow: the methods of the routes the path fits (for a 405). */
+static void route_find(api_t *a, const char *method, const char *path, const api_route_t **route,
+                       const char **param, size_t *n_param, char *allow, size_t cap)
+{
+    size_t n_allow = 0;
+    *route = NULL;
+    allow[0] = '\0';
+    for (size_t i = 0; i < API_N_ROUTES; i++) {
+        const api_route_t *r = &api_routes[i];
+        const char *p = NULL;
+        size_t n = 0;
+        if ((r->local_only && !a->p.allow_local_paths) || !route_fits(r, path, &p, &n))
+            continue;
+        if (strcmp(r->method, method) == 0) {
+            *route = r;
+            *param = p;
+            *n_param = n;
+            return;
+        }
+        n_allow += (size_t)snprintf(allow + n_allow, cap - n_allow, "%s%s", n_allow ? ", " : "",
+                                    r->method);
+        if (n_allow >= cap)
+            n_allow = cap - 1;
+    }
+}
 
 api_t *api_new(const api_params_t *p)
 {
@@ -52,25 +118,43 @@ void api_free(api_t *a)
     free(a);
 }
 
+/* Runs a route that takes a parameter: decoded first (a bad escape is a bad name). */
+static void route_call_param(api_t *a, const api_route_t *r, const api_request_t *req,
+                             const char *param, size_t n_param, api_sink_t *sink, api_job_t **job)
+{
+    char buf[API_PARAM_MAX + 1];
+    char msg[256];
+    if (!api__pct_decode(param, n_param, buf, sizeof buf)) {
+        snprintf(msg, sizeof msg,
+                 "`%.*s` is not a valid name: 1-%d characters of A-Z a-z 0-9 . _ - "
+                 "(optionally @VERSION)",
+                 (int)(n_param < 100 ? n_param : 100), param, STORE_NAME_MAX);
+        api_send_error(sink, 400, NULL, "invalid_name", msg);
+        return;
+    }
+    r->pfn(a, req, buf, sink, job);
+}
+
 void api_handle(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
 {
-    char allow[128] = "";
-    size_t n_allow = 0;
+    char allow[128];
+    const api_route_t *r = NULL;
+    const char *param = NULL;
+    size_t n_param = 0;
     *job = NULL;
     const char *method = req->method ? req->method : "";
     const char *path = req->path ? req->path : "";
-    for (size_t i = 0; i < API_N_ROUTES; i++) {
-        if (strcmp(api_routes[i].path, path) != 0)
-            continue;
-        if (strcmp(api_routes[i].method, method) == 0) {
-            api_routes[i].fn(a, req, sink, job);
-            return;
-        }
-        n_allow += (size_t)snprintf(allow + n_allow, sizeof allow - n_allow, "%s%s",
-                                    n_allow ? ", " : "", api_routes[i].method);
+    route_find(a, method, path, &r, &param, &n_param, allow, sizeof allow);
+    if (r && r->pfn) {
+        route_call_param(a, r, req, param, n_param, sink, job);
+        return;
+    }
+    if (r) {
+        r->fn(a, req, sink, job);
+        return;
     }
     char msg[256];
-    if (n_allow) {
+    if (allow[0]) {
         char hdr[160];
         snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
         snprintf(msg, sizeof msg, "method %.20s is not allowed on %.100s (allowed: %s)", method,
@@ -80,6 +164,51 @@ void api_handle(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t 
     }
     snprintf(msg, sizeof msg, "no route for %.20s %.200s", method, path);
     api_send_error(sink, 404, NULL, "not_found", msg);
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+bool api__pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return false;
+            int h = hex_value(s[i + 1]), l = hex_value(s[i + 2]);
+            if (h < 0 || l < 0)
+                return false;
+            c = h * 16 + l;
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= cap)
+            return false;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return true;
+}
+
+void api_job_cancel(api_t *a, api_job_t *job)
+{
+    if (job)
+        job->ops->cancel(a, job);
+}
+
+void api_job_free(api_t *a, api_job_t *job)
+{
+    if (job)
+        job->ops->free(a, job);
 }
 
 int api_status_of(rc_t rc)
@@ -94,7 +223,9 @@ int api_status_of(rc_t rc)
     case RC_UNSUPPORTED: return 422;
     case RC_LIMIT: return 413; /* handlers answer 400 where a limit is not about size */
     case RC_BUSY: return 429;
-    case RC_CANCELLED: return 503;
+    case RC_CANCELLED:
+    case RC_UNAVAILABLE: return 503;
+    case RC_NOSPACE: return 507;
     default: return 500;
     }
 }

@@ -51,6 +51,12 @@ typedef struct {
     core_engine_t *engine;
     store_t *store;
     const char *model_name; /* the base model's served name */
+    uint64_t max_upload_bytes; /* body cap of adapter uploads (multipart), default 1 GiB */
+    /* vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter: off (404) unless
+     * allow_local_paths; lora_path must resolve (realpath) inside one of the roots. */
+    bool allow_local_paths;
+    const char *const *adapter_roots; /* n_adapter_roots absolute folders */
+    int n_adapter_roots;
 } api_params_t;
 
 typedef struct api api_t;
@@ -63,6 +69,32 @@ void api_free(api_t *a);
 void api_handle(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api_job_cancel(api_t *a, api_job_t *job);
 void api_job_free(api_t *a, api_job_t *job);
+
+/* ---- streaming request bodies (adapter uploads) ---------------------------------- *
+ * Routes that take large bodies get them in pieces, never whole in memory. The server
+ * calls api_body_begin when a request head is complete (req->body NULL, req->body_len the
+ * Content-Length):
+ *   API_BODY_WHOLE     not a streaming route: buffer the body (max_body_bytes) and call
+ *                      api_handle as usual;
+ *   API_BODY_STREAM    *body is set and *max_body is this request's limit (the server
+ *                      answers 413 itself, before reading, when Content-Length is larger,
+ *                      and then calls api_body_abort); then api_body_data for each piece,
+ *                      and exactly one of api_body_end / api_body_abort;
+ *   API_BODY_ANSWERED  the response went out through sink already (bad name, wrong media
+ *                      type, ...): the server does not read the body and closes the
+ *                      connection after the response.
+ * The sink given to begin is the one end uses. */
+typedef struct api_body api_body_t;
+typedef enum { API_BODY_WHOLE, API_BODY_STREAM, API_BODY_ANSWERED } api_body_mode_t;
+
+api_body_mode_t api_body_begin(api_t *a, const api_request_t *req, api_sink_t *sink,
+                               api_body_t **body, size_t *max_body);
+/* A piece of the body (len >= 1). Errors are remembered and answered at end. */
+void api_body_data(api_t *a, api_body_t *b, const char *data, size_t len);
+/* The whole body arrived: answer like api_handle (OUT: *job pending or NULL). Frees b. */
+void api_body_end(api_t *a, api_body_t *b, api_job_t **job);
+/* The request will never complete (client gone, timeout, framing error): free b. */
+void api_body_abort(api_t *a, api_body_t *b);
 
 /* HTTP status for an rc (RC_NOT_FOUND 404, RC_INVALID 400, RC_MISMATCH 422, ...). */
 int api_status_of(rc_t rc);

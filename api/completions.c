@@ -42,7 +42,8 @@ typedef struct {
     bool stream, ignore_eos, return_token_ids, include_usage;
 } cmpl_req_t;
 
-struct api_job {
+typedef struct {
+    api_job_t base;    /* first: the generic job (ops) */
     core_engine_t *engine;
     api_sink_t *sink;  /* borrowed: the server keeps it until api_job_free */
     uint64_t req_id;
@@ -60,7 +61,13 @@ struct api_job {
     size_t n_text, cap_text;
     int32_t *gen;        /* return_token_ids: generated ids */
     size_t n_gen, cap_gen;
-};
+    /* While the adapters load (loop thread only): the request, its body and its terms. */
+    api_t *api;
+    store_wait_t *wait;  /* set while waiting; cleared by the ready callback or cancel */
+    json_t *root;        /* keeps q's borrowed strings alive */
+    cmpl_req_t q;        /* q.ids owned by the job while waiting */
+    api_terms_t terms;
+} cmpl_job_t;
 
 static const char *const cmpl_fields[] = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
@@ -277,7 +284,7 @@ static const char *finish_str(core_finish_t fin)
 }
 
 /* {"id", "object", "created", "model", "choices": [choice]} with choice stolen. */
-static json_t *cmpl_envelope(const api_job_t *j, json_t *choices)
+static json_t *cmpl_envelope(const cmpl_job_t *j, json_t *choices)
 {
     return json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", j->id, "object", "text_completion",
                      "created", (json_int_t)j->created, "model", j->model, "choices", choices);
@@ -289,7 +296,7 @@ static json_t *cmpl_choice(const char *text, size_t len, const char *finish)
                      "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
 }
 
-static void sse_write(api_job_t *j, json_t *doc)
+static void sse_write(cmpl_job_t *j, json_t *doc)
 {
     size_t len = 0;
     char *s = api__dump(doc, &len);
@@ -305,7 +312,7 @@ static void sse_write(api_job_t *j, json_t *doc)
     free(s);
 }
 
-static void sse_chunk(api_job_t *j, const char *text, size_t len, const char *finish,
+static void sse_chunk(cmpl_job_t *j, const char *text, size_t len, const char *finish,
                       const int32_t *token)
 {
     json_t *choice = cmpl_choice(text, len, finish);
@@ -320,7 +327,7 @@ static void sse_chunk(api_job_t *j, const char *text, size_t len, const char *fi
 
 /* The stream's begin must precede the first write; the loop thread (right after submit)
  * and the engine thread (first event) race for it. */
-static void stream_begin_once(api_job_t *j)
+static void stream_begin_once(cmpl_job_t *j)
 {
     pthread_mutex_lock(&j->mu);
     if (!j->begun) {
@@ -330,7 +337,7 @@ static void stream_begin_once(api_job_t *j)
     pthread_mutex_unlock(&j->mu);
 }
 
-static void stream_event(api_job_t *j, const core_event_t *ev)
+static void stream_event(cmpl_job_t *j, const core_event_t *ev)
 {
     stream_begin_once(j);
     if (ev->kind == CORE_EV_TOKEN) {
@@ -356,7 +363,7 @@ static void stream_event(api_job_t *j, const core_event_t *ev)
     j->sink->end(j->sink->self); /* last touch of j: the server may free it now */
 }
 
-static void plain_append(api_job_t *j, const core_event_t *ev)
+static void plain_append(cmpl_job_t *j, const core_event_t *ev)
 {
     if (ev->text_len && !j->oom) {
         if (j->n_text + ev->text_len > j->cap_text) {
@@ -387,7 +394,7 @@ static void plain_append(api_job_t *j, const core_event_t *ev)
     }
 }
 
-static void plain_done(api_job_t *j, const core_event_t *ev)
+static void plain_done(cmpl_job_t *j, const core_event_t *ev)
 {
     if (ev->finish == CORE_FINISH_CANCELLED) {
         api_send_error(j->sink, 503, NULL, "cancelled", "the request was cancelled");
@@ -407,7 +414,7 @@ static void plain_done(api_job_t *j, const core_event_t *ev)
     api__send_json(j->sink, 200, doc);
 }
 
-static void plain_event(api_job_t *j, const core_event_t *ev)
+static void plain_event(cmpl_job_t *j, const core_event_t *ev)
 {
     if (ev->kind == CORE_EV_ERROR) {
         api_send_error(j->sink, 500, NULL, rc_name(ev->rc),
@@ -422,7 +429,7 @@ static void plain_event(api_job_t *j, const core_event_t *ev)
 /* Engine thread. */
 static void cmpl_on_event(void *user, const core_event_t *ev)
 {
-    api_job_t *j = user;
+    cmpl_job_t *j = user;
     if (j->stream)
         stream_event(j, ev);
     else
@@ -431,13 +438,19 @@ static void cmpl_on_event(void *user, const core_event_t *ev)
 
 /* ---- jobs (loop thread) ---- */
 
-static api_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
+static void cmpl_job_cancel(api_t *a, api_job_t *job);
+static void cmpl_job_free(api_t *a, api_job_t *job);
+static const api_job_ops_t cmpl_job_ops = {cmpl_job_cancel, cmpl_job_free};
+
+static cmpl_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
 {
-    api_job_t *j = calloc(1, sizeof *j);
+    cmpl_job_t *j = calloc(1, sizeof *j);
     if (!j)
         return NULL;
     pthread_mutex_init(&j->mu, NULL);
+    j->base.ops = &cmpl_job_ops;
     j->engine = a->p.engine;
+    j->api = a;
     j->sink = sink;
     j->stream = q->stream;
     j->include_usage = q->include_usage;
@@ -453,14 +466,14 @@ static api_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
         j->n_prompt = q->n_ids;
     }
     if (!j->model || (q->return_token_ids && q->n_ids && !j->prompt_ids)) {
-        api_job_free(a, j);
+        api_job_free(a, &j->base);
         return NULL;
     }
     return j;
 }
 
 static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, const api_sel_t *sel,
-                                   api_job_t *j)
+                                   cmpl_job_t *j)
 {
     core_request_t r = core_request_default();
     r.prompt = q->ids;
@@ -481,29 +494,76 @@ static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, const api_sel_
     return r;
 }
 
-/* OUT: *job on success. The engine holds its own reference to the set after submit.
+/* Submit j to the engine. The engine holds its own reference to the set after submit.
  * RC_INVALID from the engine (e.g. a request that can never fit the KV budget) is 400
  * with the engine's message; RC_BUSY (queue full) is 429 with Retry-After. */
-static bool cmpl_submit(api_t *a, const cmpl_req_t *q, const api_sel_t *sel, api_sink_t *sink,
-                        api_job_t **job, api_fail_t *f)
+static bool cmpl_submit(api_t *a, cmpl_job_t *j, const cmpl_req_t *q, const api_sel_t *sel,
+                        api_fail_t *f)
 {
+    core_err_t err = {{0}};
     if (!a->p.engine)
         return api__fail(f, 503, "no_engine", "the generation engine is not running");
-    api_job_t *j = cmpl_job_new(a, q, sink);
-    if (!j)
-        return api__fail(f, 500, "nomem", "out of memory");
-    core_err_t err = {{0}};
     core_request_t r = cmpl_request(a, q, sel, j);
     rc_t rc = core_engine_submit(a->p.engine, &r, &j->req_id, &err);
-    if (rc != RC_OK) {
-        api_job_free(a, j);
-        if (rc == RC_BUSY)
-            return api__fail(f, 429, "server_busy", "the server is busy; retry shortly");
+    if (rc == RC_BUSY)
+        return api__fail(f, 429, "server_busy", "the server is busy; retry shortly");
+    if (rc != RC_OK)
         return api__fail_rc(f, rc, &err);
-    }
     if (q->stream)
         stream_begin_once(j);
-    *job = j;
+    return true;
+}
+
+/* The adapters are resident (the wants hold them): build the set and submit. */
+static bool cmpl_build_submit(api_t *a, cmpl_job_t *j, const cmpl_req_t *q, api_terms_t *t,
+                              api_fail_t *f)
+{
+    api_sel_t sel;
+    memset(&sel, 0, sizeof sel);
+    bool ok = (t->n == 0 || api__sel_build(t, &sel, f)) && cmpl_submit(a, j, q, &sel, f);
+    api__terms_release(t);
+    api__sel_clear(&sel); /* after submit the engine holds its own reference */
+    return ok;
+}
+
+/* What the job kept for the wait, dropped once the request is submitted or failed. */
+static void cmpl_wait_clear(cmpl_job_t *j)
+{
+    api__terms_release(&j->terms);
+    free(j->q.ids);
+    j->q.ids = NULL;
+    json_decref(j->root);
+    j->root = NULL;
+}
+
+/* Store callback: the adapters of a waiting job loaded (or failed to). */
+static void cmpl_on_ready(void *user, rc_t rc, const core_err_t *err)
+{
+    cmpl_job_t *j = user;
+    api_fail_t f;
+    j->wait = NULL;
+    bool ok = rc == RC_OK ? cmpl_build_submit(j->api, j, &j->q, &j->terms, &f)
+                          : api__acquire_fail(rc, err, &f);
+    cmpl_wait_clear(j);
+    if (!ok)
+        api__send_fail(j->sink, &f); /* ends the request; the server then frees the job */
+}
+
+/* Acquire the job's adapters; submit now when they are resident, else wait.
+ * OUT: *pending. On failure nothing is pending. */
+static bool cmpl_acquire(api_t *a, cmpl_job_t *j, bool *pending, api_fail_t *f)
+{
+    core_err_t err = {{0}};
+    *pending = false;
+    if (j->terms.n == 0)
+        return cmpl_build_submit(a, j, &j->q, &j->terms, f);
+    rc_t rc = store_acquire(a->p.store, j->terms.want, j->terms.n, cmpl_on_ready, j, &j->wait,
+                            &err);
+    if (rc != RC_OK)
+        return api__acquire_fail(rc, &err, f);
+    if (!j->wait)
+        return cmpl_build_submit(a, j, &j->q, &j->terms, f);
+    *pending = true;
     return true;
 }
 
@@ -512,35 +572,63 @@ void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, ap
     api_fail_t f;
     json_t *root = NULL;
     cmpl_req_t q;
-    api_sel_t sel;
+    api_terms_t t;
+    cmpl_job_t *j = NULL;
+    bool pending = false;
     memset(&q, 0, sizeof q);
-    memset(&sel, 0, sizeof sel);
+    memset(&t, 0, sizeof t);
     bool ok = api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
-              api__select(a, root, q.model, &sel, &f) && cmpl_tokenize(a, &q, &f) &&
-              cmpl_submit(a, &q, &sel, sink, job, &f);
-    api__sel_clear(&sel); /* after submit the engine holds its own reference */
+              api__sel_gather(a, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f);
+    if (ok && !(j = cmpl_job_new(a, &q, sink)))
+        ok = api__fail(&f, 500, "nomem", "out of memory");
+    if (ok) { /* the job owns the request from here */
+        j->root = root;
+        j->q = q;
+        j->terms = t;
+        root = NULL;
+        q.ids = NULL;
+        ok = cmpl_acquire(a, j, &pending, &f);
+    }
+    if (j && !pending)
+        cmpl_wait_clear(j);
+    if (ok) {
+        *job = &j->base;
+    } else if (j) {
+        api_job_free(a, &j->base);
+    }
     free(q.ids);
     json_decref(root);
     if (!ok)
         api__send_fail(sink, &f);
 }
 
-void api_job_cancel(api_t *a, api_job_t *job)
+/* Client gone. A job still waiting for adapters stops waiting and ends now; a submitted
+ * one is cancelled in the engine (its DONE event ends it). */
+static void cmpl_job_cancel(api_t *a, api_job_t *job)
 {
-    (void)a;
-    if (job && job->engine)
-        core_engine_cancel(job->engine, job->req_id);
+    cmpl_job_t *j = (cmpl_job_t *)job;
+    if (j->wait) {
+        store_wait_cancel(a->p.store, j->wait);
+        j->wait = NULL;
+        cmpl_wait_clear(j);
+        api_send_error(j->sink, 503, NULL, "cancelled", "the client went away");
+        return;
+    }
+    if (j->engine && j->req_id)
+        core_engine_cancel(j->engine, j->req_id);
 }
 
-void api_job_free(api_t *a, api_job_t *job)
+static void cmpl_job_free(api_t *a, api_job_t *job)
 {
     (void)a;
-    if (!job)
-        return;
-    pthread_mutex_destroy(&job->mu);
-    free(job->model);
-    free(job->prompt_ids);
-    free(job->text);
-    free(job->gen);
-    free(job);
+    cmpl_job_t *j = (cmpl_job_t *)job;
+    if (j->wait)
+        store_wait_cancel(a->p.store, j->wait);
+    cmpl_wait_clear(j);
+    pthread_mutex_destroy(&j->mu);
+    free(j->model);
+    free(j->prompt_ids);
+    free(j->text);
+    free(j->gen);
+    free(j);
 }

@@ -23,6 +23,16 @@ struct api {
     uint64_t rng;           /* splitmix64 state for seeds and ids; loop thread only */
 };
 
+/* Every pending job starts with this (completions, uploads, admin changes): the public
+ * api_job_cancel / api_job_free dispatch through ops. */
+typedef struct {
+    void (*cancel)(api_t *a, api_job_t *job); /* client gone; end() still follows */
+    void (*free)(api_t *a, api_job_t *job);
+} api_job_ops_t;
+struct api_job {
+    const api_job_ops_t *ops;
+};
+
 /* A request failure on its way to the client. */
 typedef struct {
     int status;
@@ -89,5 +99,63 @@ void api__h_tokenize(api_t *a, const api_request_t *req, api_sink_t *sink, api_j
 void api__h_detokenize(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_lora_adapters(api_t *a, const api_request_t *req, api_sink_t *sink,
                           api_job_t **job);
+
+/* ---- adapter admin (admin.c, upload.c) ---------------------------------------------- */
+
+#define API_PARAM_MAX 255 /* bytes of a decoded path parameter */
+
+/* Percent-decode s[0..n) into out (NUL-terminated). false for a bad escape, an encoded
+ * NUL, or more than cap - 1 bytes. */
+bool api__pct_decode(const char *s, size_t n, char *out, size_t cap);
+
+/* Handlers of routes with one path parameter (decoded, NUL-terminated, borrowed). */
+typedef void (*api_param_handler_fn)(api_t *a, const api_request_t *req, const char *param,
+                                     api_sink_t *sink, api_job_t **job);
+void api__h_adapters_list(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_aliases_list(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_upload(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_vllm_load(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_vllm_unload(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__hp_adapter_get(api_t *a, const api_request_t *req, const char *param, api_sink_t *sink,
+                         api_job_t **job);
+void api__hp_upload(api_t *a, const api_request_t *req, const char *param, api_sink_t *sink,
+                    api_job_t **job);
+void api__hp_adapter_delete(api_t *a, const api_request_t *req, const char *param,
+                            api_sink_t *sink, api_job_t **job);
+void api__hp_adapter_pin(api_t *a, const api_request_t *req, const char *param,
+                         api_sink_t *sink, api_job_t **job);
+void api__hp_adapter_unpin(api_t *a, const api_request_t *req, const char *param,
+                           api_sink_t *sink, api_job_t **job);
+void api__hp_alias_get(api_t *a, const api_request_t *req, const char *param, api_sink_t *sink,
+                       api_job_t **job);
+void api__hp_alias_put(api_t *a, const api_request_t *req, const char *param, api_sink_t *sink,
+                       api_job_t **job);
+void api__hp_alias_delete(api_t *a, const api_request_t *req, const char *param,
+                          api_sink_t *sink, api_job_t **job);
+
+/* The adapter object of admin_api.md for row r, with what the cache knows of it now
+ * (store_runtime). New reference (NULL only when out of memory). */
+json_t *api__adapter_json(api_t *a, const store_adapter_t *r);
+/* Fill f for a store failure with the admin codes: 404 adapter_not_found, 400
+ * invalid_name, 409 name_conflict, 413 adapter_too_large, 422 with the rc's name
+ * (mismatch, unsupported, format), 503 store_unavailable, 507 insufficient_storage, else
+ * api_status_of(rc) and the rc's name. Callers override what differs. Returns false. */
+bool api__fail_store(api_fail_t *f, rc_t rc, const core_err_t *err);
+
+/* A store change answered from its callback (store_delete, store_alias_put, store_pin,
+ * store_import_async, store_upload_commit): the pending job of admin requests.
+ *   c = api__change_new(a, sink, answer, arg);       NULL: out of memory (nothing sent)
+ *   store_xxx(..., api__change_done, c);
+ *   api__change_started(a, c, job);                  sets *job, or NULL when answered
+ * answer runs once, from the store's callback, and sends one complete response to sink
+ * (arg: a copy of what the request named). Cancel (client gone) does not stop the change:
+ * the answer still runs and ends the sink; the server frees the job after that end. */
+typedef void (*api_change_answer_fn)(api_t *a, api_sink_t *sink, const char *arg, rc_t rc,
+                                     const store_adapter_t *row, const core_err_t *err);
+typedef struct api_change api_change_t;
+api_change_t *api__change_new(api_t *a, api_sink_t *sink, api_change_answer_fn answer,
+                              const char *arg);
+void api__change_done(void *user, rc_t rc, const store_adapter_t *row, const core_err_t *err);
+void api__change_started(api_t *a, api_change_t *c, api_job_t **job);
 
 #endif

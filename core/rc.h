@@ -22,6 +22,8 @@
     X(EXISTS, exists, "already exists")                                         \
     X(BUSY, busy, "busy")                                                     \
     X(CANCELLED, cancelled, "cancelled")                                           \
+    X(NOSPACE, nospace, "no space left on device")                               \
+    X(UNAVAILABLE, unavailable, "temporarily unavailable")                       \
     X(INTERNAL, internal, "internal error")
 
 typedef enum {

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef enum { FLAG_STR, FLAG_INT, FLAG_SIZE, FLAG_LEVEL } flag_type_t;
 
@@ -45,12 +46,14 @@ static const flag_t flags[] = {
     {"adapters-dir", FLAG_STR, OFF(adapters_dir), "", 0, 0, SERVE, "DIR",
      "import every PEFT sub-folder of DIR at start-up, named after the sub-folder (empty: none)"},
     {"data-dir", FLAG_STR, OFF(data_dir), "./data", 0, 0, BOTH, "DIR",
-     "state folder: adapterd.db (the adapter index) lives here"},
+     "state folder: adapterd.db (the adapter index), adapterd.lock, blobs/ (adapter files "
+     "by sha256) and tmp/"},
     {"name", FLAG_STR, OFF(name), "", 0, 0, IMPORT, "NAME",
      "name the imported adapter is indexed under"},
     {"threads", FLAG_INT, OFF(threads), "2", 1, 256, BOTH, "N", "BLAS threads"},
     {"max-body-bytes", FLAG_SIZE, OFF(max_body_bytes), "2000000", 0, 1LL << 40, SERVE, "BYTES",
-     "largest request body; larger Content-Length gets 413 before the body is read"},
+     "largest request body read into memory (adapter uploads are streamed: "
+     "--max-upload-bytes); larger Content-Length gets 413 before the body is read"},
     {"max-header-bytes", FLAG_SIZE, OFF(max_header_bytes), "16384", 256, 1 << 20, SERVE, "BYTES",
      "largest request head (request line + headers); more gets 431"},
     {"max-request-line-bytes", FLAG_SIZE, OFF(max_request_line_bytes), "8192", 64, 1 << 20, SERVE,
@@ -90,6 +93,27 @@ static const flag_t flags[] = {
     {"max-rank", FLAG_INT, OFF(max_rank), "256", 0, 65536, SERVE, "N",
      "engine: largest LoRA rank r the step scratch is sized for at start (each adapter of "
      "a composition runs on its own); a larger rank still runs but allocates during the step"},
+    {"adapter-cache-bytes", FLAG_SIZE, OFF(adapter_cache_bytes), "2147483648", 1, 1LL << 46,
+     BOTH, "BYTES",
+     "store: memory for resident adapters (f32 weights); least recently used idle adapters "
+     "are evicted to load others, an adapter larger than this is refused"},
+    {"max-upload-bytes", FLAG_SIZE, OFF(max_upload_bytes), "1073741824", 1, 1LL << 40, BOTH,
+     "BYTES",
+     "store: largest adapter weights file, and the body cap of POST /v1/adapters uploads "
+     "(streamed to disk); larger gets 413"},
+    {"adapter-load-wait-ms", FLAG_INT, OFF(adapter_load_wait_ms), "30000", 0, MS_MAX, SERVE,
+     "MS",
+     "store: how long a request waits for adapter cache room (adapters in use are never "
+     "evicted); then 503 cache_full with Retry-After"},
+    {"blob-gc-interval-ms", FLAG_INT, OFF(blob_gc_interval_ms), "600000", 0, MS_MAX, SERVE,
+     "MS", "store: how often blob files no adapter references are deleted (0: only at start)"},
+    {"allow-local-adapter-paths", FLAG_INT, OFF(allow_local_adapter_paths), "0", 0, 1, SERVE,
+     "0|1",
+     "1 enables vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter (lora_path "
+     "must lie inside --adapter-roots); 0 answers them 404"},
+    {"adapter-roots", FLAG_STR, OFF(adapter_roots), "", 0, 0, SERVE, "DIRS",
+     "comma-separated absolute folders that load_lora_adapter may read adapters from "
+     "(empty: none)"},
     {"log-level", FLAG_LEVEL, OFF(log_level), "info", 0, 0, BOTH, "LEVEL",
      "error, warn, info (one line per request) or debug"},
 };
@@ -228,6 +252,29 @@ static bool take_flag(srv_config_t *cfg, int argc, char **argv, int *i, uint64_t
     return flag_set(cfg, f, value, src, err);
 }
 
+/* Every comma-separated entry of --adapter-roots names an existing folder by an absolute
+ * path; checked here so a typo fails at start-up with exit status 2, not at first use. */
+static bool check_roots(const char *list, FILE *err)
+{
+    if (!list[0])
+        return true;
+    for (const char *p = list;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char dir[PATH_MAX];
+        struct stat st;
+        snprintf(dir, sizeof dir, "%.*s", (int)(len < sizeof dir ? len : sizeof dir - 1), p);
+        if (dir[0] != '/' || len >= sizeof dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            fprintf(err, "adapterd: --adapter-roots: '%.*s' is not an absolute path to an "
+                         "existing folder\n", (int)len, p);
+            return false;
+        }
+        if (!comma)
+            return true;
+        p = comma + 1;
+    }
+}
+
 static bool check_command(const srv_config_t *cfg, uint64_t given, FILE *err)
 {
     for (size_t i = 0; i < N_FLAGS; i++)
@@ -247,7 +294,7 @@ static bool check_command(const srv_config_t *cfg, uint64_t given, FILE *err)
             return false;
         }
     }
-    return true;
+    return cfg->cmd != SRV_CMD_SERVE || check_roots(cfg->adapter_roots, err);
 }
 
 int srv_flags_parse(srv_config_t *cfg, int argc, char **argv, FILE *out, FILE *err)

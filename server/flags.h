@@ -56,12 +56,20 @@ typedef struct {
     int kv_block_tokens;
     int max_rank;
     int log_level; /* SRV_LOG_* */
+
+    size_t adapter_cache_bytes; /* store: resident adapter budget */
+    size_t max_upload_bytes;    /* store + api: weights file / upload body cap */
+    int adapter_load_wait_ms;
+    int blob_gc_interval_ms; /* 0 = never */
+    int allow_local_adapter_paths;
+    const char *adapter_roots; /* comma-separated absolute folders, "" = none */
 } srv_config_t;
 
 /* Fill cfg from defaults, the environment (env may be NULL: use the process environment)
  * and argv. Returns -1 when the caller should go on with cfg->cmd; otherwise the exit
  * status: 0 after --help / --help-markdown / --version (printed to out), 2 after a bad
- * flag, value or command (a message naming it printed to err). */
+ * flag, value or command (a message naming it printed to err). serve checks that each
+ * --adapter-roots entry is an absolute path to an existing folder (else 2, naming it). */
 int srv_flags_parse(srv_config_t *cfg, int argc, char **argv, FILE *out, FILE *err);
 
 /* The help text / the Markdown table of every option (used by --help, docs). */

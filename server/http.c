@@ -1,14 +1,17 @@
 /* http.c - HTTP/1.1 connections on the loop thread (policy in http.h).
  *
  * A connection moves through: IDLE (waiting for a request's first byte) -> HEAD (pre-scan +
- * llhttp) -> BODY -> BUSY (handed to the handler, parsing paused) -> IDLE again, or
+ * llhttp) -> BODY (buffered whole, or streamed to the handler) -> BUSY (handed to the
+ * handler, parsing paused; a head the handler answered at once goes here directly and
+ * its body is never read) -> IDLE again, or
  * FINISHING (last response flushing) -> LINGER (write side shut, input discarded) -> CLOSED
  * (uv_close called). It is freed in its close callbacks, and never while a request is
  * active (between dispatch and the loop running that request's end()).
  *
  * Invariants: at most one request per connection is active, so sink messages of one
  * connection never interleave; bytes after a framing error are never parsed; unparsed
- * input is bounded (reading stops while BUSY once the buffer is full). */
+ * input is bounded (reading stops while BUSY once the buffer is full); a streamed body
+ * (c->body) gets exactly one of body_end (dispatch) or body_abort (conn_fail, conn_close). */
 #include "server/http.h"
 
 #include <stdarg.h>
@@ -23,7 +26,6 @@
 
 #include "llhttp.h"
 #include "server/http_int.h"
-
 
 /* One sink call carried to the loop thread. */
 typedef enum { OP_BEGIN, OP_WRITE } op_kind_t;
@@ -40,6 +42,7 @@ typedef struct {
 
 static void conn_parse(srv_conn_t *c);
 static void conn_close(srv_conn_t *c);
+static void conn_body_abort(srv_conn_t *c);
 static void conn_finish(srv_conn_t *c);
 void srv__conn_arm_timer(srv_conn_t *c);
 static void conn_update_reading(srv_conn_t *c);
@@ -155,30 +158,6 @@ static const char *http_date(void)
         last = now;
     }
     return date;
-}
-
-/* Keep [A-Za-z0-9._:-] of a client's X-Request-Id, at most SRV_REQUEST_ID_MAX chars. */
-void srv__request_id_sanitize(char *dst, const char *src, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len && n < SRV_REQUEST_ID_MAX; i++) {
-        char ch = src[i];
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-            ch == '.' || ch == '_' || ch == ':' || ch == '-')
-            dst[n++] = ch;
-    }
-    dst[n] = '\0';
-}
-
-/* "req-" + 16 hex digits: splitmix64 of a random seed plus a counter (unique per process,
- * unpredictable across processes). */
-void srv__request_id_generate(srv_http_t *h, char *dst)
-{
-    uint64_t z = h->id_seed + ++h->id_counter * 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    snprintf(dst, SRV_REQUEST_ID_MAX + 1, "req-%016llx", (unsigned long long)z);
 }
 
 /* ---- writing ------------------------------------------------------------------------- */
@@ -298,6 +277,7 @@ static void conn_fail(srv_conn_t *c, int status, const char *code, const char *m
         return;
     c->in_pos = c->in_len;
     conn_send_error(c, status, code, message);
+    conn_body_abort(c);
     conn_finish(c);
 }
 
@@ -315,7 +295,9 @@ static void resp_reset(srv_conn_t *c)
     atomic_store(&c->sink_failed, false);
 }
 
-static void conn_dispatch(srv_conn_t *c)
+/* The request is being answered from now on: parsing stays paused, and the connection
+ * is not freed, until its end() has run on the loop. */
+static void conn_request_start(srv_conn_t *c)
 {
     srv_http_t *h = c->http;
     c->state = CONN_BUSY;
@@ -324,8 +306,12 @@ static void conn_dispatch(srv_conn_t *c)
     c->t_dispatch = uv_hrtime();
     if (++c->n_requests >= h->lim.max_keepalive_requests || h->draining)
         c->keep_alive = false;
-    resp_reset(c);
-    api_request_t req = {
+    c->job = NULL;
+}
+
+static api_request_t conn_request(srv_conn_t *c)
+{
+    return (api_request_t){
         .method = llhttp_method_name((llhttp_method_t)c->parser.method),
         .path = c->req.path,
         .query = c->req.query,
@@ -334,11 +320,58 @@ static void conn_dispatch(srv_conn_t *c)
         .content_type = c->req.n_content_type ? c->req.content_type.p : NULL,
         .request_id = c->req.request_id,
     };
-    c->job = NULL;
-    h->handler.handle(h->handler.ctx, &req, &c->sink, &c->job);
-    free(c->req.body); /* the handler copied what it keeps */
-    c->req.body = NULL;
-    c->req.body_len = c->req.body_cap = 0;
+}
+
+api_body_mode_t srv__conn_body_begin(srv_conn_t *c, uint64_t content_length, size_t *max_body)
+{
+    srv_http_t *h = c->http;
+    resp_reset(c); /* before body_begin: an ANSWERED response is already on its way */
+    atomic_store(&c->sink_muted, false);
+    c->body = NULL;
+    c->body_mode = API_BODY_WHOLE;
+    *max_body = h->lim.max_body_bytes;
+    if (!h->handler.body_begin)
+        return c->body_mode;
+    api_request_t req = conn_request(c);
+    req.body_len = (size_t)content_length;
+    c->body_mode = h->handler.body_begin(h->handler.ctx, &req, &c->sink, &c->body, max_body);
+    c->body_open = c->body_mode == API_BODY_STREAM;
+    if (c->body_mode == API_BODY_ANSWERED) {
+        c->keep_alive = false; /* the unread body would be parsed as the next request */
+        conn_request_start(c);
+    }
+    return c->body_mode;
+}
+
+/* A streamed body that will never complete: the handler forgets it, exactly once. */
+static void conn_body_abort(srv_conn_t *c)
+{
+    if (!c->body_open)
+        return;
+    api_body_t *b = c->body;
+    c->body = NULL;
+    c->body_open = false;
+    atomic_store(&c->sink_muted, true); /* no response follows an aborted body */
+    c->http->handler.body_abort(c->http->handler.ctx, b);
+}
+
+/* The request is complete: hand it over (a streamed body ends, a whole one is handled). */
+static void conn_dispatch(srv_conn_t *c)
+{
+    srv_http_t *h = c->http;
+    conn_request_start(c);
+    if (c->body_mode == API_BODY_STREAM) {
+        api_body_t *b = c->body;
+        c->body = NULL;
+        c->body_open = false;
+        h->handler.body_end(h->handler.ctx, b, &c->job);
+    } else {
+        api_request_t req = conn_request(c);
+        h->handler.handle(h->handler.ctx, &req, &c->sink, &c->job);
+        free(c->req.body); /* the handler copied what it keeps */
+        c->req.body = NULL;
+        c->req.body_len = c->req.body_cap = 0;
+    }
     srv_hop_drain(h->hop);
 }
 
@@ -517,6 +550,8 @@ static void sink_begin(void *self, int status, const char *content_type, bool st
                        const char *extra_headers)
 {
     srv_conn_t *c = self;
+    if (atomic_load(&c->sink_muted))
+        return;
     size_t nct = content_type ? strlen(content_type) + 1 : 0;
     size_t nex = extra_headers ? strlen(extra_headers) + 1 : 0;
     op_t *op = op_new(c, OP_BEGIN, nct + nex);
@@ -534,6 +569,8 @@ static void sink_begin(void *self, int status, const char *content_type, bool st
 static void sink_write(void *self, const char *data, size_t len)
 {
     srv_conn_t *c = self;
+    if (atomic_load(&c->sink_muted))
+        return;
     op_t *op = op_new(c, OP_WRITE, len);
     if (!op)
         return;
@@ -546,6 +583,8 @@ static void sink_write(void *self, const char *data, size_t len)
 static void sink_end(void *self)
 {
     srv_conn_t *c = self;
+    if (atomic_load(&c->sink_muted))
+        return; /* only body_abort runs muted, and no end() is owed for an aborted body */
     srv_hop_post(c->http->hop, &c->end_msg);
 }
 
@@ -576,6 +615,11 @@ static bool conn_parse_step(srv_conn_t *c)
     llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
     if (c->state == CONN_CLOSED)
         return false; /* a write inside a callback (100 Continue) failed */
+    if (e == HPE_PAUSED && c->state == CONN_BUSY) { /* answered from its head (ANSWERED) */
+        c->in_pos = c->in_len;                      /* its body is never parsed */
+        srv_hop_drain(c->http->hop);
+        return true;
+    }
     if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
         c->in_pos += (size_t)(llhttp_get_error_pos(&c->parser) - p);
         conn_dispatch(c);
@@ -742,6 +786,7 @@ static void conn_close(srv_conn_t *c)
     if (c->state == CONN_CLOSED)
         return;
     c->state = CONN_CLOSED;
+    conn_body_abort(c);
     if (c->req_active && c->job)
         c->http->handler.cancel(c->http->handler.ctx, c->job);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -810,6 +855,7 @@ static srv_conn_t *conn_new(srv_http_t *h)
     c->sink = (api_sink_t){.self = c, .begin = sink_begin, .write = sink_write, .end = sink_end};
     c->end_msg.run = on_end_msg;
     atomic_init(&c->sink_failed, false);
+    atomic_init(&c->sink_muted, false);
     c->scanning_head = true;
     c->state = CONN_IDLE;
     c->tcp.data = c->timer.data = c;
@@ -871,6 +917,10 @@ rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limi
                   const srv_handler_t *handler, srv_http_t **out, core_err_t *err)
 {
     *out = NULL;
+    if (handler->body_begin &&
+        (!handler->body_data || !handler->body_end || !handler->body_abort))
+        return core_err(err, RC_INVALID, "a handler with body_begin needs body_data, "
+                                         "body_end and body_abort");
     srv_http_t *h = calloc(1, sizeof *h);
     if (!h)
         return core_err(err, RC_NOMEM, "out of memory");

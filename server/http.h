@@ -10,7 +10,25 @@
  *  - Only HTTP/1.0 and 1.1: HTTP/0.9 (no version) -> 400, other versions -> 505. HTTP/1.1
  *    needs exactly one Host (400). Transfer-Encoding on a request -> 411 "Content-Length
  *    required": request bodies must have a Content-Length (the simplest framing that cannot
- *    be smuggled). Content-Length > max_body_bytes -> 413 before any body byte is read.
+ *    be smuggled).
+ *  - Bodies: once a head passes these checks the handler's body_begin (if any) is called,
+ *    once per request, and says how its body is read:
+ *      WHOLE     (and every request when body_begin is NULL): buffered in memory;
+ *                Content-Length > max_body_bytes -> 413 "body_too_large" before any body
+ *                byte is read; then handle() with the whole body.
+ *      STREAM    Content-Length > the max_body it returned -> 413 "too_large" before any
+ *                body byte is read (no 100 Continue), then body_abort, then close. Else
+ *                each piece llhttp hands over goes to body_data (borrowed: the input
+ *                buffer, valid during the call), and at the message's end body_end takes
+ *                the place of handle(). From there on the request is like any other job.
+ *                Any failure in between (client EOF or reset, 408 body timeout, a parse
+ *                error, srv_http_abort, a drain that runs out of time) calls body_abort
+ *                exactly once and never body_end. body_abort must not use the sink (calls
+ *                made during it are ignored): no response follows an aborted body.
+ *      ANSWERED  the response went out through the sink inside body_begin: the body is
+ *                never read (no 100 Continue) and the connection closes after the response.
+ *    "Expect: 100-continue" (HTTP/1.1) gets "100 Continue" only once a WHOLE or STREAM
+ *    body with Content-Length > 0 is accepted; a refused one gets only the final response.
  *  - Any llhttp error -> 400 + close; no byte of that connection is parsed afterwards.
  *  - Deadlines: the whole head within header_timeout_ms of its first byte (a fresh
  *    connection's first byte too) -> 408 + close; body reads at most body_timeout_ms apart
@@ -49,7 +67,7 @@
 #define SRV_REQUEST_ID_MAX 128
 
 typedef struct {
-    size_t max_body_bytes;
+    size_t max_body_bytes; /* bodies read whole (streamed ones: body_begin's max_body) */
     size_t max_header_bytes;
     size_t max_request_line_bytes;
     size_t max_write_buffer_bytes; /* a client that does not read is dropped past this */
@@ -64,22 +82,32 @@ typedef struct {
 
 srv_http_limits_t srv_http_default_limits(void);
 
-/* Who answers requests (api_handle & co. in the daemon; fakes in tests). */
+/* Who answers requests (api_handle & co. in the daemon; fakes in tests). The body_*
+ * functions mirror api_body_* (api.h), with the policy above: body_begin NULL reads every
+ * body whole; when it is set the other three must be too. */
 typedef struct {
     void *ctx;
     void (*handle)(void *ctx, const api_request_t *req, api_sink_t *sink, api_job_t **job);
     void (*cancel)(void *ctx, api_job_t *job);
     void (*free_job)(void *ctx, api_job_t *job);
+    /* req->body NULL, req->body_len the Content-Length (0 without one). */
+    api_body_mode_t (*body_begin)(void *ctx, const api_request_t *req, api_sink_t *sink,
+                                  api_body_t **body, size_t *max_body);
+    void (*body_data)(void *ctx, api_body_t *body, const char *data, size_t len);
+    void (*body_end)(void *ctx, api_body_t *body, api_job_t **job);
+    void (*body_abort)(void *ctx, api_body_t *body);
 } srv_handler_t;
 
 typedef struct srv_http srv_http_t;
 
+/* RC_INVALID when handler sets body_begin without the other body functions. */
 rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limits,
                   const srv_handler_t *handler, srv_http_t **out, core_err_t *err);
 /* Bind and listen. host is an IPv4 or IPv6 literal. OUT: *bound_port (optional). */
 rc_t srv_http_listen(srv_http_t *h, const char *host, int port, int *bound_port, core_err_t *err);
 /* Graceful stop: close the listener, close idle connections, answer the requests in
- * flight with Connection: close. */
+ * flight with Connection: close (a body still arriving may finish; srv_http_abort ends
+ * it). */
 void srv_http_drain(srv_http_t *h);
 /* Hard stop: cancel every job and close every connection (they are freed after end()). */
 void srv_http_abort(srv_http_t *h);

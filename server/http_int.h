@@ -84,6 +84,10 @@ struct srv_conn {
 
     api_sink_t sink;
     api_job_t *job;
+    api_body_mode_t body_mode; /* of the current request, set when its head is complete */
+    api_body_t *body;          /* STREAM: the handler's, from body_begin ... */
+    bool body_open;            /* ... until body_end or body_abort */
+    atomic_bool sink_muted;    /* sink calls are ignored (during body_abort) */
     srv_msg_t end_msg; /* end() never allocates, so a connection always learns of it */
     atomic_bool sink_failed;
     bool resp_begun, resp_streaming, resp_chunked;
@@ -115,6 +119,10 @@ void srv__conn_arm_timer(srv_conn_t *c);
 void srv__conn_send(srv_conn_t *c, const char *a, size_t an, const char *b, size_t bn);
 void srv__request_id_sanitize(char *dst, const char *src, size_t len);
 void srv__request_id_generate(srv_http_t *h, char *dst);
+/* The head is complete and passed the checks: ask the handler how the body is read.
+ * ANSWERED leaves the connection BUSY (the request active, its response queued). OUT:
+ * *max_body = the Content-Length limit for WHOLE and STREAM. */
+api_body_mode_t srv__conn_body_begin(srv_conn_t *c, uint64_t content_length, size_t *max_body);
 
 /* http_parse.c */
 /* Pre-scan p[0..n) of a request head. OUT: *used = bytes consumed (up to the head's end).

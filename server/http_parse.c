@@ -1,7 +1,8 @@
 /* http_parse.c - reading one request head and body on the loop thread: a strict
  * byte-level pre-scan of the head in front of llhttp 8.1.0 (which accepts bare CR/LF,
  * obs-fold and other smuggling vectors), and the llhttp callbacks that copy the request
- * into the connection's req_t under the limits of srv_http_limits_t.
+ * into the connection's req_t under the limits of srv_http_limits_t (or pass a streamed
+ * body's pieces straight to the handler), and the request ids.
  * Shared types and the cross-file helpers live in http_int.h. */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -110,6 +111,32 @@ scan_rc_t srv__scan_head(srv_conn_t *c, const char *p, size_t n, size_t *used)
     }
     *used = n;
     return SCAN_MORE;
+}
+
+/* ---- request ids --------------------------------------------------------------------- */
+
+/* Keep [A-Za-z0-9._:-] of a client's X-Request-Id, at most SRV_REQUEST_ID_MAX chars. */
+void srv__request_id_sanitize(char *dst, const char *src, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n < SRV_REQUEST_ID_MAX; i++) {
+        char ch = src[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '.' || ch == '_' || ch == ':' || ch == '-')
+            dst[n++] = ch;
+    }
+    dst[n] = '\0';
+}
+
+/* "req-" + 16 hex digits: splitmix64 of a random seed plus a counter (unique per process,
+ * unpredictable across processes). */
+void srv__request_id_generate(srv_http_t *h, char *dst)
+{
+    uint64_t z = h->id_seed + ++h->id_counter * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    snprintf(dst, SRV_REQUEST_ID_MAX + 1, "req-%016llx", (unsigned long long)z);
 }
 
 /* ---- llhttp callbacks -------------------------------------------------------------------- */
@@ -232,7 +259,6 @@ static int url_split(srv_conn_t *c)
 
 static int check_head(srv_conn_t *c, llhttp_t *p)
 {
-    const srv_http_limits_t *lim = &c->http->lim;
     if (p->http_major == 0)
         return refuse(c, 400, "bad_request", "HTTP/0.9 requests are not supported");
     if (p->http_major != 1 || p->http_minor > 1)
@@ -244,13 +270,21 @@ static int check_head(srv_conn_t *c, llhttp_t *p)
     if (p->flags & F_TRANSFER_ENCODING)
         return refuse(c, 411, "length_required",
                       "Content-Length required: Transfer-Encoding is not accepted on requests");
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > lim->max_body_bytes)
-        return refuse(c, 413, "body_too_large",
-                      "request body of %llu bytes is larger than the limit of %zu bytes",
-                      (unsigned long long)p->content_length, lim->max_body_bytes);
     return url_split(c);
 }
 
+/* Content-Length over the limit of the body's mode: refused before any body byte is read
+ * (a streamed body is then aborted by conn_fail). */
+static int refuse_length(srv_conn_t *c, uint64_t len, size_t max_body)
+{
+    bool stream = c->body_mode == API_BODY_STREAM;
+    return refuse(c, 413, stream ? "too_large" : "body_too_large",
+                  "request body of %llu bytes is larger than the %slimit of %zu bytes",
+                  (unsigned long long)len, stream ? "upload " : "", max_body);
+}
+
+/* The head is complete: check it, then let the handler choose how the body is read
+ * (whole, streamed, or not at all because it answered already; policy in http.h). */
 static int on_headers_complete(llhttp_t *p)
 {
     srv_conn_t *c = p->data;
@@ -260,18 +294,24 @@ static int on_headers_complete(llhttp_t *p)
         srv__request_id_generate(c->http, c->req.request_id);
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
     c->is_head = p->method == HTTP_HEAD;
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0) {
-        c->req.body_cap = (size_t)p->content_length;
+    uint64_t len = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;
+    size_t max_body = 0;
+    if (srv__conn_body_begin(c, len, &max_body) == API_BODY_ANSWERED)
+        return HPE_PAUSED; /* conn_parse_step sees the BUSY state: the body is never read */
+    if (len > max_body)
+        return refuse_length(c, len, max_body);
+    if (len == 0)
+        return 0;
+    if (c->body_mode == API_BODY_WHOLE) {
+        c->req.body_cap = (size_t)len;
         c->req.body = malloc(c->req.body_cap);
-        if (!c->req.body) {
-            nomem(c);
-            return -1;
-        }
-        c->state = CONN_BODY;
-        srv__conn_arm_timer(c);
-        if (c->req.expect_continue && p->http_minor == 1)
-            srv__conn_send(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, 0);
+        if (!c->req.body)
+            return nomem(c);
     }
+    c->state = CONN_BODY;
+    srv__conn_arm_timer(c);
+    if (c->req.expect_continue && p->http_minor == 1)
+        srv__conn_send(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, 0);
     return 0;
 }
 
@@ -279,6 +319,11 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     srv_conn_t *c = p->data;
     req_t *r = &c->req;
+    if (c->body_mode == API_BODY_STREAM) { /* borrowed: the handler copies what it keeps */
+        if (n > 0)
+            c->http->handler.body_data(c->http->handler.ctx, c->body, at, n);
+        return 0;
+    }
     if (n > r->body_cap - r->body_len) /* llhttp enforces Content-Length; belt and braces */
         return refuse(c, 413, "body_too_large", "request body is larger than announced");
     memcpy(r->body + r->body_len, at, n);

@@ -1,12 +1,15 @@
-/* server.c - start-up wiring, the loop, signals and drain, logging, the thread hop.
+/* server.c - start-up wiring, the loop, signals and drain (logging and the thread hop
+ * live in hop.c).
  *
  * The main thread runs the libuv loop; the engine thread computes and reaches the loop
- * only through srv_hop_post (a mutex-protected FIFO plus uv_async_send). Shutdown is
- * two-phase: drain (no new connections, in-flight requests finish) bounded by
- * --drain-timeout-ms, then abort (jobs cancelled; their end() still arrives and frees the
- * connections) bounded by a short grace period. Only when every connection is freed are
- * the remaining handles closed, so the loop ends by itself and everything is freed in
- * reverse start-up order. */
+ * only through srv_hop_post (a mutex-protected FIFO plus uv_async_send). The store's
+ * blocking work (sqlite writes, blob files, adapter loads) runs on libuv's thread pool
+ * through the executor below; a 100 ms timer drives store_tick. Shutdown is two-phase:
+ * drain (no new connections, in-flight requests finish) bounded by --drain-timeout-ms,
+ * then abort (jobs cancelled; their end() still arrives and frees the connections)
+ * bounded by a short grace period. Only when every connection is freed are the remaining
+ * handles closed, so the loop ends by itself once the store's tasks in flight are done
+ * (their uv_work_t keep it alive), and everything is freed in reverse start-up order. */
 #include "server/server.h"
 
 #include <libgen.h>
@@ -27,130 +30,7 @@
 
 #define DRAIN_TICK_MS 50
 #define ABORT_GRACE_MS 5000
-
-/* ---- logging ------------------------------------------------------------------------------ */
-
-static int log_level = SRV_LOG_INFO;
-static const char *const level_tags[] = {"error", "warn", "info", "debug"};
-
-void srv_log_set_level(int level)
-{
-    log_level = level;
-}
-
-bool srv_log_enabled(int level)
-{
-    return level <= log_level;
-}
-
-void srv_log(int level, const char *fmt, ...)
-{
-    if (level > log_level)
-        return;
-    char line[1024], stamp[32];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    /* one fprintf per line, so lines from different threads do not interleave */
-    fprintf(stderr, "%s.%03ldZ %-5s %s\n", stamp, ts.tv_nsec / 1000000, level_tags[level], line);
-}
-
-/* ---- the hop ------------------------------------------------------------------------------ */
-
-struct srv_hop {
-    uv_async_t async;
-    pthread_mutex_t lock;
-    srv_msg_t *head, *tail; /* under lock */
-    bool closed;            /* under lock */
-    bool draining;          /* loop thread only */
-};
-
-static void on_hop_async(uv_async_t *a)
-{
-    srv_hop_drain(a->data);
-}
-
-rc_t srv_hop_new(uv_loop_t *loop, srv_hop_t **out, core_err_t *err)
-{
-    *out = NULL;
-    srv_hop_t *h = calloc(1, sizeof *h);
-    if (!h)
-        return core_err(err, RC_NOMEM, "out of memory");
-    pthread_mutex_init(&h->lock, NULL);
-    int rc = uv_async_init(loop, &h->async, on_hop_async);
-    if (rc < 0) {
-        pthread_mutex_destroy(&h->lock);
-        free(h);
-        return core_err(err, RC_IO, "uv_async_init: %s", uv_strerror(rc));
-    }
-    h->async.data = h;
-    *out = h;
-    return RC_OK;
-}
-
-void srv_hop_post(srv_hop_t *h, srv_msg_t *m)
-{
-    m->next = NULL;
-    pthread_mutex_lock(&h->lock);
-    if (h->tail)
-        h->tail->next = m;
-    else
-        h->head = m;
-    h->tail = m;
-    /* under the lock, so srv_hop_close cannot close the handle between test and send */
-    if (!h->closed)
-        uv_async_send(&h->async);
-    pthread_mutex_unlock(&h->lock);
-}
-
-void srv_hop_drain(srv_hop_t *h)
-{
-    if (h->draining)
-        return; /* the outer drain picks up what the nested caller posted */
-    h->draining = true;
-    for (;;) {
-        pthread_mutex_lock(&h->lock);
-        srv_msg_t *m = h->head;
-        h->head = h->tail = NULL;
-        pthread_mutex_unlock(&h->lock);
-        if (!m)
-            break;
-        while (m) {
-            srv_msg_t *next = m->next; /* run() may free m */
-            m->run(m);
-            m = next;
-        }
-    }
-    h->draining = false;
-}
-
-void srv_hop_close(srv_hop_t *h)
-{
-    pthread_mutex_lock(&h->lock);
-    bool was_closed = h->closed;
-    h->closed = true;
-    pthread_mutex_unlock(&h->lock);
-    if (!was_closed)
-        uv_close((uv_handle_t *)&h->async, NULL);
-}
-
-size_t srv_hop_free(srv_hop_t *h)
-{
-    if (!h)
-        return 0;
-    size_t n = 0;
-    for (srv_msg_t *m = h->head; m; m = m->next)
-        n++;
-    pthread_mutex_destroy(&h->lock);
-    free(h);
-    return n;
-}
+#define STORE_TICK_MS 100
 
 /* ---- start-up pieces shared by serve and import ---------------------------------------------- */
 
@@ -198,9 +78,26 @@ static void print_adapter(const store_adapter_t *r)
     print_json_field("targets", r->targets, false);
     print_json_field("base_fingerprint", r->base_fingerprint, false);
     print_json_field("sha256", r->sha256, false);
+    print_json_field("config_sha256", r->config_sha256, false);
     printf("  \"size\": %lld,\n", (long long)r->size);
-    print_json_field("path", r->path, false);
+    printf("  \"memory_bytes\": %lld,\n", (long long)r->mem_bytes);
+    print_json_field("state", store_state_str(r->state), false);
     printf("  \"created\": %lld\n}\n", (long long)r->created);
+}
+
+/* The store's settings from the flags; exec is left for the caller (the daemon's thread
+ * pool, or synchronous for the import command). */
+static store_params_t store_params_of(const srv_config_t *cfg, const core_model_t *model)
+{
+    store_params_t sp = store_default_params();
+    sp.data_dir = cfg->data_dir;
+    sp.base = model;
+    sp.cache_budget_bytes = cfg->adapter_cache_bytes;
+    sp.max_adapter_bytes = cfg->max_upload_bytes;
+    sp.load_wait_ms = (uint64_t)cfg->adapter_load_wait_ms;
+    sp.gc_interval_ms = (uint64_t)cfg->blob_gc_interval_ms;
+    sp.lock = true; /* one process writes a DATA_DIR: RC_BUSY says who holds it */
+    return sp;
 }
 
 int srv_import_run(const srv_config_t *cfg)
@@ -213,7 +110,9 @@ int srv_import_run(const srv_config_t *cfg)
     int status = model_open(cfg, &model);
     if (status != 0)
         goto out;
-    rc_t rc = store_open(cfg->data_dir, model, &store, &err);
+    store_params_t sp = store_params_of(cfg, model);
+    sp.exec = (store_exec_t){.ctx = NULL, .submit = NULL}; /* one thread: run tasks inline */
+    rc_t rc = store_open(&sp, &store, &err);
     if (rc != RC_OK) {
         status = fail("store", rc, &err);
         goto out;
@@ -246,34 +145,150 @@ struct srv_server {
     core_engine_t *engine;
     api_t *api;
 
-    uv_loop_t loop;
-    bool loop_ready;
+    char **roots; /* --adapter-roots, split and resolved (realpath) */
+    int n_roots;
+
+    uv_loop_t loop; /* initialised first, so every srv_server_t has one */
     srv_hop_t *hop;
     srv_http_t *http;
     uv_signal_t sigint, sigterm;
-    uv_timer_t drain_timer;
+    uv_timer_t drain_timer, store_timer;
     bool handles_ready;
     int n_signals;
     bool aborted, forced, closing;
     uint64_t deadline;
 };
 
+/* ---- the store's executor: libuv's thread pool ------------------------------------------- */
+
+typedef struct {
+    uv_work_t req; /* first: the callbacks get &req */
+    store_task_t *task;
+} srv_work_t;
+
+static void on_store_work(uv_work_t *req)
+{
+    store_task_t *t = ((srv_work_t *)req)->task;
+    t->work(t);
+}
+
+/* status is never UV_ECANCELED: nothing calls uv_cancel, so work() has run. */
+static void on_store_work_done(uv_work_t *req, int status)
+{
+    (void)status;
+    store_task_t *t = ((srv_work_t *)req)->task;
+    free(req);
+    t->done(t);
+}
+
+static void store_exec_submit(void *ctx, store_task_t *t)
+{
+    srv_work_t *w = malloc(sizeof *w);
+    if (w) {
+        w->task = t;
+        if (uv_queue_work(ctx, &w->req, on_store_work, on_store_work_done) == 0)
+            return;
+        free(w);
+    }
+    /* Out of memory: the store's done() is owed, so run the task here (as the synchronous
+     * executor does), blocking the loop once rather than losing the task. */
+    srv_log(SRV_LOG_ERROR, "could not queue a store task; running it on the loop thread");
+    t->work(t);
+    t->done(t);
+}
+
+static void on_store_timer(uv_timer_t *t)
+{
+    srv_server_t *s = t->data;
+    store_tick(s->store, uv_now(&s->loop));
+}
+
+/* Run the loop until the store's tasks in flight are done (store_close needs none).
+ * false when some never finish (then the store is left open rather than freed under them). */
+static bool store_tasks_drain(srv_server_t *s)
+{
+    while (store_n_tasks(s->store) > 0)
+        if (uv_run(&s->loop, UV_RUN_ONCE) == 0 && store_n_tasks(s->store) > 0) {
+            srv_log(SRV_LOG_ERROR, "%d store tasks never finished", store_n_tasks(s->store));
+            return false;
+        }
+    return true;
+}
+
+/* ---- the handler the HTTP layer calls: the api, plus store housekeeping ---------------------- */
+
 static void api_handle_cb(void *ctx, const api_request_t *req, api_sink_t *sink, api_job_t **job)
 {
-    api_handle(ctx, req, sink, job);
+    api_handle(((srv_server_t *)ctx)->api, req, sink, job);
 }
 
 static void api_cancel_cb(void *ctx, api_job_t *job)
 {
-    api_job_cancel(ctx, job);
+    api_job_cancel(((srv_server_t *)ctx)->api, job);
 }
 
+/* A finished job dropped its adapter references: loads waiting for cache room retry now
+ * rather than at the next timer tick. */
 static void api_free_cb(void *ctx, api_job_t *job)
 {
-    api_job_free(ctx, job);
+    srv_server_t *s = ctx;
+    api_job_free(s->api, job);
+    store_tick(s->store, uv_now(&s->loop));
 }
 
-/* Model, tokenizer, store (+ --adapters-dir imports), engine, api. */
+static api_body_mode_t api_body_begin_cb(void *ctx, const api_request_t *req, api_sink_t *sink,
+                                         api_body_t **body, size_t *max_body)
+{
+    return api_body_begin(((srv_server_t *)ctx)->api, req, sink, body, max_body);
+}
+
+static void api_body_data_cb(void *ctx, api_body_t *body, const char *data, size_t len)
+{
+    api_body_data(((srv_server_t *)ctx)->api, body, data, len);
+}
+
+static void api_body_end_cb(void *ctx, api_body_t *body, api_job_t **job)
+{
+    api_body_end(((srv_server_t *)ctx)->api, body, job);
+}
+
+static void api_body_abort_cb(void *ctx, api_body_t *body)
+{
+    api_body_abort(((srv_server_t *)ctx)->api, body);
+}
+
+/* ---- start-up ------------------------------------------------------------------------------ */
+
+/* --adapter-roots into s->roots, each resolved with realpath so the api's containment
+ * check compares canonical paths (flags.c already checked they are absolute folders). */
+static int roots_split(srv_server_t *s)
+{
+    const char *list = s->cfg.adapter_roots;
+    int n = list[0] ? 1 : 0;
+    for (const char *p = list; *p; p++)
+        n += *p == ',';
+    s->roots = calloc((size_t)n + 1, sizeof *s->roots);
+    if (!s->roots)
+        return fail("--adapter-roots", RC_NOMEM, &(core_err_t){{0}});
+    for (const char *p = list; s->n_roots < n; p += strcspn(p, ",") + 1) {
+        size_t len = strcspn(p, ",");
+        char *dir = strndup(p, len);
+        s->roots[s->n_roots] = dir ? realpath(dir, NULL) : NULL;
+        free(dir);
+        if (!s->roots[s->n_roots]) {
+            fprintf(stderr, "adapterd: --adapter-roots: '%.*s': cannot resolve it\n", (int)len, p);
+            return 1;
+        }
+        s->n_roots++;
+    }
+    if (s->cfg.allow_local_adapter_paths && n == 0)
+        srv_log(SRV_LOG_WARN, "--allow-local-adapter-paths=1 without --adapter-roots: every "
+                              "lora_path will be refused");
+    return 0;
+}
+
+/* Model, tokenizer, store (+ --adapters-dir imports), engine, api. The loop exists already
+ * (the store's executor queues onto it); it runs only later. */
 static int server_open_core(srv_server_t *s)
 {
     const srv_config_t *cfg = &s->cfg;
@@ -286,7 +301,9 @@ static int server_open_core(srv_server_t *s)
     rc_t rc = core_tok_load(path, &s->tok, &err);
     if (rc != RC_OK)
         return fail(path, rc, &err);
-    rc = store_open(cfg->data_dir, s->model, &s->store, &err);
+    store_params_t sp = store_params_of(cfg, s->model);
+    sp.exec = (store_exec_t){.ctx = &s->loop, .submit = store_exec_submit};
+    rc = store_open(&sp, &s->store, &err);
     if (rc != RC_OK)
         return fail("store", rc, &err);
     if (cfg->adapters_dir[0]) {
@@ -310,11 +327,17 @@ static int server_open_core(srv_server_t *s)
     core_engine_stats(s->engine, &st);
     srv_log(SRV_LOG_INFO, "engine: KV cache of %d blocks x %d tokens, %d tokens per step",
             st.kv_blocks_total, ep.kv_block_tokens, ep.max_batch_tokens);
+    if (roots_split(s) != 0)
+        return 1;
     api_params_t ap = {.model = s->model,
                        .tok = s->tok,
                        .engine = s->engine,
                        .store = s->store,
-                       .model_name = s->model->name};
+                       .model_name = s->model->name,
+                       .max_upload_bytes = cfg->max_upload_bytes,
+                       .allow_local_paths = cfg->allow_local_adapter_paths != 0,
+                       .adapter_roots = (const char *const *)s->roots,
+                       .n_adapter_roots = s->n_roots};
     s->api = api_new(&ap);
     if (!s->api) {
         fprintf(stderr, "adapterd: api: out of memory\n");
@@ -337,6 +360,7 @@ static void server_close_handles(srv_server_t *s)
         uv_close((uv_handle_t *)&s->sigint, NULL);
         uv_close((uv_handle_t *)&s->sigterm, NULL);
         uv_close((uv_handle_t *)&s->drain_timer, NULL);
+        uv_close((uv_handle_t *)&s->store_timer, NULL);
     }
 }
 
@@ -393,22 +417,22 @@ static srv_http_limits_t limits_of(const srv_config_t *cfg)
     return lim;
 }
 
-/* Loop, hop, HTTP listener, signals. */
+/* Hop, HTTP listener, signals, the store's timer (the loop itself is made first). */
 static int server_open_loop(srv_server_t *s, int *port)
 {
     core_err_t err = {{0}};
-    int rc = uv_loop_init(&s->loop);
-    if (rc < 0) {
-        fprintf(stderr, "adapterd: uv_loop_init: %s\n", uv_strerror(rc));
-        return 1;
-    }
-    s->loop_ready = true;
     rc_t r = srv_hop_new(&s->loop, &s->hop, &err);
     if (r != RC_OK)
         return fail("hop", r, &err);
     srv_http_limits_t lim = limits_of(&s->cfg);
-    srv_handler_t handler = {
-        .ctx = s->api, .handle = api_handle_cb, .cancel = api_cancel_cb, .free_job = api_free_cb};
+    srv_handler_t handler = {.ctx = s,
+                             .handle = api_handle_cb,
+                             .cancel = api_cancel_cb,
+                             .free_job = api_free_cb,
+                             .body_begin = api_body_begin_cb,
+                             .body_data = api_body_data_cb,
+                             .body_end = api_body_end_cb,
+                             .body_abort = api_body_abort_cb};
     r = srv_http_new(&s->loop, s->hop, &lim, &handler, &s->http, &err);
     if (r == RC_OK)
         r = srv_http_listen(s->http, s->cfg.host, s->cfg.port, port, &err);
@@ -417,10 +441,12 @@ static int server_open_loop(srv_server_t *s, int *port)
     uv_signal_init(&s->loop, &s->sigint);
     uv_signal_init(&s->loop, &s->sigterm);
     uv_timer_init(&s->loop, &s->drain_timer);
-    s->sigint.data = s->sigterm.data = s->drain_timer.data = s;
+    uv_timer_init(&s->loop, &s->store_timer);
+    s->sigint.data = s->sigterm.data = s->drain_timer.data = s->store_timer.data = s;
     s->handles_ready = true;
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_timer_start(&s->store_timer, on_store_timer, STORE_TICK_MS, STORE_TICK_MS);
     return 0;
 }
 
@@ -446,6 +472,12 @@ int srv_server_start(const srv_config_t *cfg, srv_server_t **out)
     }
     s->cfg = *cfg;
     int port = cfg->port;
+    int rc = uv_loop_init(&s->loop);
+    if (rc < 0) {
+        fprintf(stderr, "adapterd: uv_loop_init: %s\n", uv_strerror(rc));
+        free(s);
+        return 1;
+    }
     if (server_open_core(s) != 0 || server_open_loop(s, &port) != 0) {
         srv_server_free(s);
         return 1;
@@ -469,22 +501,27 @@ void srv_server_free(srv_server_t *s)
 {
     if (!s || s->forced)
         return; /* forced exit: threads may still hold these; the process ends anyway */
-    if (s->loop_ready) {
-        server_close_handles(s);
-        uv_run(&s->loop, UV_RUN_DEFAULT); /* close callbacks */
-    }
+    /* close callbacks, and the store's tasks in flight: their done() may still call into
+     * the api, so they finish before it is freed */
+    server_close_handles(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    bool store_idle = !s->store || store_tasks_drain(s);
     if (s->api)
         api_free(s->api);
     if (s->engine)
         core_engine_free(s->engine);
+    store_idle = store_idle && (!s->store || store_tasks_drain(s)); /* queued while freeing */
     srv_http_free(s->http);
     size_t n_left = srv_hop_free(s->hop);
     if (n_left)
         srv_log(SRV_LOG_ERROR, "%zu engine messages arrived after shutdown", n_left);
-    if (s->loop_ready && uv_loop_close(&s->loop) != 0)
+    if (uv_loop_close(&s->loop) != 0)
         srv_log(SRV_LOG_ERROR, "loop closed with handles still open");
-    if (s->store)
+    if (s->store && store_idle)
         store_close(s->store);
+    for (int i = 0; i < s->n_roots; i++)
+        free(s->roots[i]);
+    free(s->roots);
     if (s->tok)
         core_tok_free(s->tok);
     if (s->model)

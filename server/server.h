@@ -1,12 +1,16 @@
 /* server.h - the process around the HTTP layer: start-up wiring, the libuv loop, signals
  * and drain, logging, and the hop that carries work from other threads onto the loop.
  *
- * Start-up order (srv_server_start): BLAS threads, model, tokenizer (MODEL/tokenizer.json),
- * store (DATA_DIR), --adapters-dir imports, engine, api, listen. It then prints one line
+ * Start-up order (srv_server_start): the loop, BLAS threads, model, tokenizer
+ * (MODEL/tokenizer.json), store (DATA_DIR, locked for the process's life; its blocking work
+ * runs on libuv's thread pool, store_tick every 100 ms and after each finished request),
+ * --adapters-dir imports, engine, api, listen. It then prints one line
  * "adapterd listening on http://HOST:PORT (model NAME, N adapters)" to stdout.
  * SIGINT/SIGTERM: stop accepting, close idle connections, let in-flight requests finish
- * (bounded by --drain-timeout-ms; then they are cancelled), free everything, exit 0. A
- * second signal exits at once with status 1.
+ * (bounded by --drain-timeout-ms; then they are cancelled), let the store's tasks in
+ * flight finish, free everything, exit 0. A second signal exits at once with status 1.
+ *
+ * Logging and the hop live in hop.c (so the HTTP layer links without the rest).
  *
  * The hop: srv_hop_post may be called from any thread (the engine thread calls it through
  * the response sinks); the message's run() is called later on the loop thread, in posting

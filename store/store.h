@@ -1,23 +1,46 @@
-/* store.h - the adapter index (sqlite, WAL) and the adapters resident in memory.
+/* store.h - the adapter store: a sqlite index, content-addressed blob files, and the
+ * adapters resident in memory (a byte budget, LRU eviction, pins, single-flight loads).
  *
- * DATA_DIR/adapterd.db holds one row per imported adapter version: name, version, kind,
- * rank, alpha, targets, base fingerprint, sha256, size, path, created. The schema version
- * is PRAGMA user_version: a newer daemon migrates an older file, an older daemon refuses a
- * newer file. Importing validates the folder against the base model (core_lora_load),
- * hashes the weights file, and inserts a new version unless the newest version of that
- * name has the same sha256. In this first slice adapters are referenced in place (path)
- * and kept resident once loaded; blobs, budgets and eviction come with the store issue.
+ * Index: DATA_DIR/adapterd.db (WAL, synchronous=FULL, foreign keys on), schema version in
+ * PRAGMA user_version (a newer daemon migrates an older file; an older daemon refuses a
+ * newer one). Tables: tenants, adapters (one row per version), aliases. Exactly one
+ * connection writes (and checkpoints): the writer, used only inside store tasks under the
+ * writer lock. The loop thread reads through a second, query-only connection.
+ * Blobs: DATA_DIR/blobs/<sha256> for both files of an adapter (config and weights), written
+ * by store/blob.c's install protocol before the index row that names them commits. A crash
+ * at any instant leaves the old state or the new one. Blobs no live row references are
+ * collected at open and by store_tick every gc_interval_ms.
  *
- * Names: 1-64 chars of [A-Za-z0-9._-], starting with a letter or digit; never used as
- * paths. "NAME@VERSION" selects a version, "NAME" the newest.
+ * Names (adapters and aliases share one namespace per tenant): 1-64 chars of
+ * [A-Za-z0-9._-], starting with a letter or digit. A spec is "NAME" (an alias, else the
+ * newest version of that name), or "NAME@VERSION". Names never become paths. Versions
+ * count up per name and are never reused, even after a delete. Until tenants arrive (a
+ * later issue) every call acts for the tenant "default".
  *
- * Threads: every function locks the store; callable from any thread (the loop thread
- * calls acquire, which may load from disk on first use - acceptable for small adapters
- * until async loads arrive). Ownership: acquire returns a retained core_lora_t (caller
- * releases); list returns a malloc'd array (caller frees). */
+ * Resident cache: an adapter is loaded on first use by a task on the executor (a pool
+ * thread): read both blobs, verify their sha256 (a mismatch marks the version broken:
+ * RC_UNAVAILABLE for every request that needs it, state "broken" in listings), parse and
+ * validate against the base, convert to f32. N acquires of one cold adapter start one load
+ * and all wait for it; a failed load answers all of them. Resident adapters count their
+ * in-memory bytes (mem_bytes) against cache_budget_bytes. A resident adapter is in use while
+ * anyone besides the cache holds a reference to its core_lora_t (a waiting request, a
+ * running sequence through its core_aset_t): in-use and pinned adapters are never evicted;
+ * others are evicted least recently used first when a load needs room. When no room can
+ * be made, the load waits (the requests behind it wait too: admission waits, it does not
+ * thrash) until references are dropped, for at most load_wait_ms (then RC_UNAVAILABLE, which
+ * the api answers 503 with Retry-After). An adapter larger than the whole budget is refused
+ * (RC_LIMIT) at import and at acquire.
+ *
+ * Threads: every function here runs on one thread, the loop thread (or the only thread of
+ * a tool that uses a synchronous executor), except where it says otherwise. Callbacks run
+ * on that thread too, never inside the call that registers them - except with a
+ * synchronous executor, where a change's callback runs before the call returns.
+ * Ownership: rows are plain values; lists are malloc'd (caller frees); loras handed out are
+ * retained for the caller (core_lora_release when done). */
 #ifndef STORE_STORE_H
 #define STORE_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +49,69 @@
 #include "core/rc.h"
 
 #define STORE_NAME_MAX 64
+#define STORE_SPEC_MAX (STORE_NAME_MAX + 12) /* "NAME@VERSION" */
+
+/* ---- the executor: where blocking work runs -------------------------------------- */
+
+/* A unit of blocking work. work() runs on a pool thread, then done() on the store's
+ * thread. The store allocates and frees tasks. */
+typedef struct store_task {
+    void (*work)(struct store_task *t);
+    void (*done)(struct store_task *t);
+} store_task_t;
+
+/* The server passes uv_queue_work; NULL submit runs work() then done() inside the call
+ * (start-up, tools, the import command, tests). */
+typedef struct {
+    void *ctx;
+    void (*submit)(void *ctx, store_task_t *t);
+} store_exec_t;
+
+typedef struct store store_t;
+
+/* ---- open / close ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *data_dir;          /* required; created if missing */
+    const core_model_t *base;      /* required; borrowed for the store's life */
+    uint64_t cache_budget_bytes;   /* resident adapter bytes (f32 in memory), default 2 GiB */
+    uint64_t max_adapter_bytes;    /* weights file cap for uploads and imports, default 1 GiB */
+    uint64_t load_wait_ms;         /* longest wait for cache room, default 30000 */
+    uint64_t gc_interval_ms;       /* blob GC period in store_tick, default 600000; 0 = never */
+    store_exec_t exec;
+    /* Hold an exclusive lock on DATA_DIR/adapterd.lock for the store's life (the daemon and
+     * the import command both do), so two processes never write one index. */
+    bool lock;
+} store_params_t;
+
+store_params_t store_default_params(void);
+
+/* Opens (creating or migrating) the index, empties DATA_DIR/tmp, collects unreferenced
+ * blobs and copies the files of rows migrated from schema 1 (which referenced folders in
+ * place) into blobs. RC_BUSY when another process holds the lock (the message says which
+ * file and what to do), RC_UNSUPPORTED for a newer schema. Blocking: call before the loop
+ * runs. OUT: *out. */
+rc_t store_open(const store_params_t *p, store_t **out, core_err_t *err);
+/* Frees everything. No task may be in flight (store_n_tasks == 0). */
+void store_close(store_t *s);
+/* Tasks submitted and not yet done (the server drains them before store_close). */
+int store_n_tasks(const store_t *s);
+
+/* Housekeeping, from a timer (~every 100 ms) and after requests end: retries loads that
+ * wait for room, fails waits past load_wait_ms, flushes usage counters (last_used,
+ * request counts) to the index every few seconds, runs GC every gc_interval_ms. */
+void store_tick(store_t *s, uint64_t now_ms);
+
+/* true when name matches the documented charset and length. */
+bool store_name_valid(const char *name);
+
+/* ---- rows -------------------------------------------------------------------------- */
+
+typedef enum {
+    STORE_STATE_READY,   /* servable */
+    STORE_STATE_BROKEN,  /* its blobs failed verification or a load: never served */
+    STORE_STATE_DELETED, /* kept only so its version number is never reused */
+} store_state_t;
 
 typedef struct {
     int64_t id;
@@ -36,34 +122,133 @@ typedef struct {
     double alpha;
     char targets[128];   /* "q_proj,v_proj" */
     char base_fingerprint[65];
-    char sha256[65];     /* of adapter_model.safetensors */
+    char sha256[65];        /* of adapter_model.safetensors (its blob name) */
+    char config_sha256[65]; /* of adapter_config.json (its blob name) */
     int64_t size;        /* bytes of adapter_model.safetensors */
-    char path[4096];
+    int64_t mem_bytes;   /* bytes resident in memory once loaded (f32 A and B) */
     int64_t created;     /* unix seconds */
+    int64_t last_used;   /* unix seconds, 0 = never */
+    int64_t n_requests;  /* requests that used this version */
+    bool pinned;         /* explicit pin: kept resident */
+    store_state_t state;
+    char reason[256];    /* why broken, else "" */
 } store_adapter_t;
 
-typedef struct store store_t;
+/* What the cache knows of a row right now. */
+typedef struct {
+    bool resident;    /* loaded and in memory */
+    bool loading;     /* a load is running or waiting for room */
+    int n_users;      /* references held besides the cache's (0 when not resident) */
+} store_runtime_t;
 
-rc_t store_open(const char *data_dir, const core_model_t *base, store_t **out, core_err_t *err);
-void store_close(store_t *s);
+const char *store_state_str(store_state_t st); /* "ready", "broken", "deleted" */
 
-/* true when name matches the documented charset and length. */
-int store_name_valid(const char *name);
+/* Resolve a spec to its row now (alias -> its target version; NAME -> newest live
+ * version; NAME@V). RC_NOT_FOUND for unknown or deleted, RC_INVALID for a malformed spec. */
+rc_t store_resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err);
+/* Newest live version of every name, ordered by name. OUT: *rows malloc'd, *n. */
+rc_t store_list(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err);
+/* Every live version of name, oldest first. RC_NOT_FOUND when none. */
+rc_t store_versions(store_t *s, const char *name, store_adapter_t **rows, size_t *n,
+                    core_err_t *err);
+void store_runtime(store_t *s, int64_t id, store_runtime_t *rt);
 
-/* Validate DIR as a PEFT LoRA for the base and index it under name. OUT: row (optional). */
+typedef struct {
+    char name[STORE_NAME_MAX + 1];
+    char target[STORE_SPEC_MAX]; /* "NAME@VERSION" */
+    int64_t updated;             /* unix seconds */
+} store_alias_t;
+/* Every alias, ordered by name. OUT: *rows malloc'd, *n. */
+rc_t store_aliases(store_t *s, store_alias_t **rows, size_t *n, core_err_t *err);
+
+typedef struct {
+    uint64_t budget_bytes, resident_bytes, pinned_bytes;
+    int n_resident, n_loading, n_waiting_room;
+    uint64_t n_hits, n_misses, n_loads, n_load_failures, n_evictions;
+    double load_ms_total;        /* sum of load task times (read + verify + parse) */
+} store_stats_t;
+void store_stats(store_t *s, store_stats_t *out);
+
+/* ---- acquire: the adapters a request applies ---------------------------------------- */
+
+typedef struct {
+    char spec[STORE_SPEC_MAX]; /* in */
+    store_adapter_t row;       /* out: the resolved row (valid once resolved) */
+    core_lora_t *lora;         /* out: retained for the caller on success */
+} store_want_t;
+
+typedef struct store_wait store_wait_t;
+/* rc RC_OK: every want has its lora (the caller owns those references). Otherwise none
+ * does (the store released what it had), and err says which spec failed and why. */
+typedef void (*store_ready_fn)(void *user, rc_t rc, const core_err_t *err);
+
+/* Resolve every want now (so an alias swap that committed before this call is honoured)
+ * and take references to the resident ones. RC_OK with *wait NULL: all n are resident,
+ * the loras are filled, no callback. RC_OK with *wait set: some must load; cb is called
+ * once, later, on this thread, unless store_wait_cancel is called first. Any other rc:
+ * failed now (unknown name RC_NOT_FOUND, broken RC_UNAVAILABLE, larger than the budget
+ * RC_LIMIT; nothing retained). wants must stay valid until cb runs or the wait is
+ * cancelled. Counts a request for each row. */
+rc_t store_acquire(store_t *s, store_want_t *wants, int n, store_ready_fn cb, void *user,
+                   store_wait_t **wait, core_err_t *err);
+/* The request went away: cb will not be called; references taken are released. */
+void store_wait_cancel(store_t *s, store_wait_t *wait);
+
+/* ---- changes (asynchronous: a task on the executor; cb on this thread) -------------- */
+
+/* row: the row written or affected (NULL on failure). */
+typedef void (*store_done_fn)(void *user, rc_t rc, const store_adapter_t *row,
+                              const core_err_t *err);
+
+/* An upload in progress: the loop thread streams both files into temp blobs, then
+ * store_upload_commit validates, installs the blobs and indexes a new version. */
+typedef struct store_upload store_upload_t;
+typedef enum { STORE_PART_CONFIG, STORE_PART_WEIGHTS } store_part_t;
+
+/* RC_INVALID for a bad name, RC_UNAVAILABLE when the store no longer accepts writes. */
+rc_t store_upload_new(store_t *s, const char *name, store_upload_t **out, core_err_t *err);
+/* Append to one file. RC_LIMIT past max_adapter_bytes (weights) or 64 KiB (config),
+ * RC_NOSPACE, RC_IO. (The write goes to the page cache; fsync happens in commit.) */
+rc_t store_upload_write(store_upload_t *u, store_part_t part, const void *data, size_t len,
+                        core_err_t *err);
+/* Takes u. Validates the pair against the base model (RC_MISMATCH/RC_UNSUPPORTED/
+ * RC_FORMAT/RC_INVALID with the reason), RC_LIMIT when larger than the cache budget,
+ * RC_EXISTS when the name is an alias, RC_INVALID when a part is missing; then fsyncs,
+ * installs and inserts version newest+1 in one transaction. cb gets the new row. */
+void store_upload_commit(store_upload_t *u, store_done_fn cb, void *user);
+/* Abandon an upload (client gone): temp files removed. NULL-safe. */
+void store_upload_free(store_upload_t *u);
+
+typedef struct {
+    bool fail_if_exists; /* RC_EXISTS when the name has a live version (vLLM's rule) */
+} store_import_opts_t;
+/* Copy DIR/adapter_config.json and DIR/adapter_model.safetensors into blobs and index
+ * them as name: a new version, unless the newest version of name has the same two
+ * sha256s (then that row, unchanged). Same validation as uploads. */
+void store_import_async(store_t *s, const char *dir, const char *name,
+                        const store_import_opts_t *o, store_done_fn cb, void *user);
+/* Blocking form (start-up, the import command): runs on the caller's thread. */
 rc_t store_import(store_t *s, const char *dir, const char *name, store_adapter_t *row,
                   core_err_t *err);
 /* Import every sub-folder of dir that holds an adapter_config.json, named after the
- * sub-folder. Bad ones are logged to stderr and skipped; returns RC_OK unless dir
- * cannot be read. OUT: *n_imported (optional). */
+ * sub-folder. Bad ones are logged to stderr and skipped. Blocking. OUT: *n_imported. */
 rc_t store_import_dir(store_t *s, const char *dir, int *n_imported, core_err_t *err);
 
-/* spec = "NAME" or "NAME@VERSION". RC_NOT_FOUND when unknown. OUT: *lora retained,
- * row (optional). */
-rc_t store_acquire(store_t *s, const char *spec, core_lora_t **lora, store_adapter_t *row,
-                   core_err_t *err);
+/* spec "NAME" deletes every version, "NAME@V" one. Requests already holding the adapter
+ * finish on it; new ones get RC_NOT_FOUND at once (the cache forgets it before cb).
+ * RC_EXISTS when an alias points at a version to delete (repoint or delete it first).
+ * cb's row is the (last) version deleted. */
+void store_delete(store_t *s, const char *spec, store_done_fn cb, void *user);
 
-/* Newest version of every name, ordered by name. OUT: *rows malloc'd, *n. */
-rc_t store_list(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err);
+/* Point alias at target (a spec, resolved now: "NAME" means its newest version at this
+ * moment). Creates or repoints in one transaction: the hot swap. RC_EXISTS when alias is
+ * an adapter name; RC_NOT_FOUND when target is unknown. cb's row is the target version. */
+void store_alias_put(store_t *s, const char *alias, const char *target, store_done_fn cb,
+                     void *user);
+void store_alias_delete(store_t *s, const char *alias, store_done_fn cb, void *user);
+
+/* Pin (keep resident, load now) or unpin a version. RC_LIMIT when the pinned bytes would
+ * pass the budget. Persists across restarts. cb's row is the version. */
+void store_pin(store_t *s, const char *spec, bool pin, store_done_fn cb, void *user);
 
 #endif

@@ -205,7 +205,10 @@ static inline void write_adapter(const char *dir)
     write_adapter_r(dir, RANK, 1.0f);
 }
 
-static inline void fx_init_p(fx_t *f, const char *test, bool engine, core_engine_params_t ep)
+/* sp: store parameters (budgets, executor) or NULL for the defaults with a synchronous
+ * executor; data_dir and base are always the fixture's. */
+static inline void fx_init_sp(fx_t *f, const char *test, bool engine, core_engine_params_t ep,
+                              const store_params_t *sp)
 {
     core_err_t err = {{0}};
     char cmd[400];
@@ -216,7 +219,10 @@ static inline void fx_init_p(fx_t *f, const char *test, bool engine, core_engine
     snprintf(f->root, sizeof f->root, "tests/tmp/api/%s-%d", test, (int)getpid());
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->root);
     ASSERT_EQ(system(cmd), 0);
-    ASSERT_RC(store_open(f->root, &f->model, &f->store, &err), RC_OK, &err);
+    store_params_t p0 = sp ? *sp : store_default_params();
+    p0.data_dir = f->root;
+    p0.base = &f->model;
+    ASSERT_RC(store_open(&p0, &f->store, &err), RC_OK, &err);
     if (engine)
         ASSERT_RC(core_engine_new(&f->model, f->tok, ep, &f->engine, &err), RC_OK, &err);
     api_params_t p = {.model = &f->model,
@@ -226,6 +232,11 @@ static inline void fx_init_p(fx_t *f, const char *test, bool engine, core_engine
                       .model_name = "tiny"};
     f->api = api_new(&p);
     ASSERT(f->api != NULL);
+}
+
+static inline void fx_init_p(fx_t *f, const char *test, bool engine, core_engine_params_t ep)
+{
+    fx_init_sp(f, test, engine, ep, NULL);
 }
 
 static inline void fx_init(fx_t *f, const char *test, bool engine)

@@ -472,26 +472,34 @@ TEST(completion_cancelled_stream_ends_once)
     fx_close(&f);
 }
 
-TEST(adapter_changed_on_disk_422)
+TEST(adapter_changed_on_disk_503)
 {
     fx_t f;
     fx_init(&f, "changed", false);
     fx_import(&f);
-    /* Restart the store so the adapter is no longer resident, then change its bytes. */
+    /* Restart the store so the adapter is no longer resident, then flip a byte of its blob. */
     core_err_t err = {{0}};
+    store_adapter_t row;
+    ASSERT_RC(store_resolve(f.store, "alpha", &row, &err), RC_OK, &err);
     store_close(f.store);
-    char path[400];
-    snprintf(path, sizeof path, "%s/adapters/alpha/adapter_model.safetensors", f.root);
+    char path[600];
+    snprintf(path, sizeof path, "%s/blobs/%s", f.root, row.sha256);
     FILE *fp = fopen(path, "r+b");
     ASSERT(fp != NULL);
     ASSERT_EQ(fseek(fp, -1, SEEK_END), 0);
     ASSERT_EQ(fputc(0x7f, fp), 0x7f);
     ASSERT_EQ(fclose(fp), 0);
-    ASSERT_RC(store_open(f.root, &f.model, &f.store, &err), RC_OK, &err);
+    store_params_t sp = store_default_params();
+    sp.data_dir = f.root;
+    sp.base = &f.model;
+    ASSERT_RC(store_open(&sp, &f.store, &err), RC_OK, &err);
     api_free(f.api);
     api_params_t p = {.model = &f.model, .tok = f.tok, .store = f.store, .model_name = "tiny"};
     f.api = api_new(&p);
-    expect_error(&f, "POST", "/v1/completions", "{\"model\": \"alpha\", \"prompt\": \"hi\"}", 422,
-                 "mismatch", "adapter alpha@1 changed on disk");
+    expect_error(&f, "POST", "/v1/completions", "{\"model\": \"alpha\", \"prompt\": \"hi\"}", 503,
+                 "adapter_unavailable", "adapter alpha@1 is broken: stored bytes do not match");
+    /* Known broken now: the second request is refused the same way without a new load. */
+    expect_error(&f, "POST", "/v1/completions", "{\"model\": \"alpha\", \"prompt\": \"hi\"}", 503,
+                 "adapter_unavailable", "is broken");
     fx_close(&f);
 }

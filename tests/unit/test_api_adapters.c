@@ -11,11 +11,15 @@
 
 static core_lora_t *fx_lora(fx_t *f, const char *spec)
 {
-    core_lora_t *l = NULL;
+    store_want_t w = {0};
+    store_wait_t *wait = NULL;
     core_err_t err = {{0}};
-    ASSERT_RC(store_acquire(f->store, spec, &l, NULL, &err), RC_OK, &err);
-    core_lora_release(l); /* the store keeps it resident: the pointer stays valid */
-    return l;
+    snprintf(w.spec, sizeof w.spec, "%s", spec);
+    /* The fixture's store runs tasks synchronously: the load finishes inside the call. */
+    ASSERT_RC(store_acquire(f->store, &w, 1, NULL, NULL, &wait, &err), RC_OK, &err);
+    ASSERT(wait == NULL);
+    core_lora_release(w.lora); /* the store keeps it resident: the pointer stays valid */
+    return w.lora;
 }
 
 /* api__select on a body; fails the test when it does not resolve. */

@@ -1,0 +1,551 @@
+/* cache.c - the adapters resident in memory: acquire, waits, single-flight loads on the
+ * executor, the byte budget and LRU eviction.
+ *
+ * One entry per adapter version the cache knows: QUEUED (wants room), LOADING (a task
+ * runs), READY (lora held), BROKEN (verification or validation failed: answered at once).
+ * Entries are kept in arrival order, so QUEUED entries start strictly first come, first
+ * served (a large adapter is not starved by small ones behind it).
+ *
+ * A wait is one request's set of wants. It holds references to the wants already resident
+ * (so they cannot be evicted under it) and counts the ones still loading. When an entry
+ * becomes READY every wait that wants it gets a reference; when a load fails every wait
+ * that wants it fails (and drops what it held).
+ *
+ * Budget: READY and LOADING entries count their bytes. A READY entry is idle when the
+ * cache holds the only reference (refcount 1: no wait, no running sequence, no set holds
+ * it); only idle, unpinned entries are evicted, least recently used first. Reading the
+ * refcount without a lock is safe: only this thread hands out new references, so a count
+ * of 1 can only grow through us.
+ *
+ * Threads: the store's thread; load tasks' work() touches only its task. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/store_int.h"
+
+struct store_wait {
+    struct store_wait *next;
+    store_t *s;
+    store_want_t *wants;
+    int n;
+    int n_pending;
+    store_ready_fn cb;
+    void *user;
+    uint64_t since_ms;
+    bool in_call;  /* inside store_acquire: record the outcome instead of calling cb */
+    bool finished;
+    rc_t rc;
+    core_err_t err;
+};
+
+typedef struct {
+    store_task_t t;
+    store_t *s;
+    int64_t id;
+    store_adapter_t row;
+    core_lora_t *lora;
+    rc_t rc;
+    core_err_t err;
+    double ms;
+} cache_load_t;
+
+static void cache_pump(store_t *s);
+
+/* ---- entries ---- */
+
+store_entry_t *store__cache_find(store_t *s, int64_t id)
+{
+    for (store_entry_t *e = s->entries; e; e = e->next)
+        if (e->id == id)
+            return e;
+    return NULL;
+}
+
+static store_entry_t *cache_add(store_t *s, const store_adapter_t *row)
+{
+    store_entry_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->id = row->id;
+    e->row = *row;
+    e->state = SE_QUEUED;
+    e->queued_ms = s->now_ms;
+    e->pinned = row->pinned;
+    store_entry_t **p = &s->entries;
+    while (*p)
+        p = &(*p)->next;
+    *p = e;
+    return e;
+}
+
+static void cache_remove(store_t *s, store_entry_t *e)
+{
+    for (store_entry_t **p = &s->entries; *p; p = &(*p)->next) {
+        if (*p == e) {
+            *p = e->next;
+            break;
+        }
+    }
+    if (e->lora)
+        core_lora_release(e->lora);
+    free(e);
+}
+
+static uint64_t cache_entry_bytes(const store_entry_t *e)
+{
+    if (e->state == SE_READY && e->lora)
+        return e->lora->n_bytes;
+    return e->state == SE_LOADING ? (uint64_t)e->row.mem_bytes : 0;
+}
+
+static uint64_t cache_used(store_t *s)
+{
+    uint64_t used = 0;
+    for (store_entry_t *e = s->entries; e; e = e->next)
+        used += cache_entry_bytes(e);
+    return used;
+}
+
+static bool cache_idle(const store_entry_t *e)
+{
+    return e->state == SE_READY && !e->pinned &&
+           __atomic_load_n(&e->lora->refcount, __ATOMIC_ACQUIRE) == 1;
+}
+
+uint64_t store__cache_pinned_bytes(store_t *s)
+{
+    uint64_t b = 0;
+    for (store_entry_t *e = s->entries; e; e = e->next)
+        if (e->pinned)
+            b += (uint64_t)e->row.mem_bytes;
+    return b;
+}
+
+/* Evict idle entries, least recently used first, until need more bytes fit. */
+static bool cache_make_room(store_t *s, uint64_t need)
+{
+    uint64_t used = cache_used(s);
+    while (used + need > s->p.cache_budget_bytes) {
+        store_entry_t *victim = NULL;
+        for (store_entry_t *e = s->entries; e; e = e->next)
+            if (cache_idle(e) && (!victim || e->last_use < victim->last_use))
+                victim = e;
+        if (!victim)
+            return false;
+        used -= cache_entry_bytes(victim);
+        s->stats.n_evictions++;
+        cache_remove(s, victim);
+    }
+    return true;
+}
+
+/* ---- waits ---- */
+
+static void wait_unlink(store_t *s, struct store_wait *w)
+{
+    for (struct store_wait **p = &s->waits; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+    }
+}
+
+static void wait_release(struct store_wait *w)
+{
+    for (int i = 0; i < w->n; i++) {
+        if (w->wants[i].lora)
+            core_lora_release(w->wants[i].lora);
+        w->wants[i].lora = NULL;
+    }
+}
+
+/* The wait is over: unlinked, and its callback runs (or, inside store_acquire, the
+ * outcome is recorded for the caller). */
+static void wait_finish(store_t *s, struct store_wait *w, rc_t rc, const core_err_t *err)
+{
+    wait_unlink(s, w);
+    if (rc != RC_OK)
+        wait_release(w);
+    w->finished = true;
+    w->rc = rc;
+    if (err)
+        w->err = *err;
+    if (w->in_call)
+        return;
+    w->cb(w->user, rc, &w->err);
+    free(w);
+}
+
+static bool wait_wants(const struct store_wait *w, int64_t id)
+{
+    for (int i = 0; i < w->n; i++)
+        if (w->wants[i].row.id == id)
+            return true;
+    return false;
+}
+
+/* Entry e became READY: hand references to every wait that wants it. */
+static void cache_deliver(store_t *s, store_entry_t *e)
+{
+    struct store_wait *w = s->waits, *next;
+    for (; w; w = next) {
+        next = w->next;
+        for (int i = 0; i < w->n; i++) {
+            if (w->wants[i].row.id != e->id || w->wants[i].lora)
+                continue;
+            core_lora_retain(e->lora);
+            w->wants[i].lora = e->lora;
+            w->n_pending--;
+        }
+        if (w->n_pending == 0)
+            wait_finish(s, w, RC_OK, NULL);
+    }
+    e->last_use = ++s->clock;
+}
+
+/* Every wait that wants id fails with rc. */
+static void cache_fail_waits(store_t *s, int64_t id, rc_t rc, const core_err_t *err)
+{
+    struct store_wait *w = s->waits, *next;
+    for (; w; w = next) {
+        next = w->next;
+        if (wait_wants(w, id))
+            wait_finish(s, w, rc, err);
+    }
+}
+
+/* ---- loads ---- */
+
+static void load_work(store_task_t *t)
+{
+    cache_load_t *l = (cache_load_t *)t;
+    uint64_t t0 = store__now_ms();
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    l->rc = store__load_verified(l->s, &l->row, &l->lora, &l->err);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    (void)t0;
+    l->ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+}
+
+/* Failures that say the stored bytes are bad (never retried) versus passing ones. */
+static bool load_permanent(rc_t rc)
+{
+    return rc == RC_MISMATCH || rc == RC_FORMAT || rc == RC_UNSUPPORTED || rc == RC_INVALID ||
+           rc == RC_NOT_FOUND || rc == RC_LIMIT;
+}
+
+static void load_failed(store_t *s, store_entry_t *e, cache_load_t *l)
+{
+    core_err_t err;
+    s->stats.n_load_failures++;
+    if (!load_permanent(l->rc)) {
+        core_err(&err, RC_UNAVAILABLE, "adapter %s@%d could not be loaded: %s", l->row.name,
+                 l->row.version, l->err.msg);
+        cache_fail_waits(s, e->id, RC_UNAVAILABLE, &err);
+        cache_remove(s, e); /* the next request tries again */
+        return;
+    }
+    core_err(&err, RC_UNAVAILABLE, "adapter %s@%d is broken: %s", l->row.name, l->row.version,
+             l->err.msg);
+    e->state = SE_BROKEN;
+    e->fail_rc = RC_UNAVAILABLE;
+    snprintf(e->fail_msg, sizeof e->fail_msg, "%s", err.msg);
+    fprintf(stderr, "adapterd: store: %s\n", err.msg);
+    store__mark_broken(s, e->id, l->err.msg);
+    cache_fail_waits(s, e->id, RC_UNAVAILABLE, &err);
+}
+
+static void load_done(store_task_t *t)
+{
+    cache_load_t *l = (cache_load_t *)t;
+    store_t *s = l->s;
+    store_entry_t *e = store__cache_find(s, l->id);
+    s->stats.load_ms_total += l->ms;
+    if (!e) { /* forgotten (deleted) while loading and nobody waits */
+        if (l->lora)
+            core_lora_release(l->lora);
+    } else if (l->rc != RC_OK) {
+        load_failed(s, e, l);
+    } else {
+        s->stats.n_loads++;
+        e->state = SE_READY;
+        e->lora = l->lora; /* the cache's reference */
+        cache_deliver(s, e);
+        if (e->row.state == STORE_STATE_DELETED && cache_idle(e))
+            cache_remove(s, e);
+    }
+    free(l);
+    store__task_end(s);
+    cache_pump(s);
+}
+
+static bool load_start(store_t *s, store_entry_t *e)
+{
+    cache_load_t *l = calloc(1, sizeof *l);
+    if (!l)
+        return false;
+    l->t.work = load_work;
+    l->t.done = load_done;
+    l->s = s;
+    l->id = e->id;
+    l->row = e->row;
+    e->state = SE_LOADING;
+    store__task_submit(s, &l->t);
+    return true;
+}
+
+/* Start queued loads in arrival order while there is room. */
+static void cache_pump(store_t *s)
+{
+    for (store_entry_t *e = s->entries; e; e = e->next) {
+        if (e->state != SE_QUEUED)
+            continue;
+        if (!cache_make_room(s, (uint64_t)e->row.mem_bytes) || !load_start(s, e))
+            return;
+        /* load_start may have completed synchronously and changed the list: restart. */
+        cache_pump(s);
+        return;
+    }
+}
+
+/* ---- acquire ---- */
+
+static rc_t acquire_check(store_t *s, const store_adapter_t *r, core_err_t *err)
+{
+    if (r->state == STORE_STATE_BROKEN)
+        return core_err(err, RC_UNAVAILABLE, "adapter %s@%d is broken: %s", r->name, r->version,
+                        r->reason);
+    if (strcmp(r->base_fingerprint, s->p.base->fingerprint) != 0)
+        return core_err(err, RC_MISMATCH, "adapter %s@%d was imported for a different base model",
+                        r->name, r->version);
+    if ((uint64_t)r->mem_bytes > s->p.cache_budget_bytes)
+        return core_err(err, RC_LIMIT,
+                        "adapter %s@%d needs %lld bytes in memory, more than the whole adapter "
+                        "cache (--adapter-cache-bytes %llu)",
+                        r->name, r->version, (long long)r->mem_bytes,
+                        (unsigned long long)s->p.cache_budget_bytes);
+    return RC_OK;
+}
+
+static void usage_count(store_t *s, int64_t id)
+{
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < s->n_usage; i++) {
+        if (s->usage[i].id == id) {
+            s->usage[i].n++;
+            s->usage[i].last_used = now;
+            return;
+        }
+    }
+    if (s->n_usage == s->cap_usage) {
+        size_t cap = s->cap_usage ? s->cap_usage * 2 : 16;
+        store_usage_t *nv = realloc(s->usage, cap * sizeof *nv);
+        if (!nv)
+            return; /* a lost count is not worth failing a request */
+        s->usage = nv;
+        s->cap_usage = cap;
+    }
+    s->usage[s->n_usage++] = (store_usage_t){id, 1, now};
+}
+
+/* Resolve one want and take the resident reference if there is one. OUT: *pending. */
+static rc_t acquire_one(store_t *s, store_want_t *w, bool *pending, core_err_t *err)
+{
+    rc_t rc = store__resolve(s, w->spec, &w->row, err);
+    if (rc == RC_OK)
+        rc = acquire_check(s, &w->row, err);
+    if (rc != RC_OK)
+        return rc;
+    usage_count(s, w->row.id);
+    store_entry_t *e = store__cache_find(s, w->row.id);
+    if (e && e->state == SE_BROKEN)
+        return core_err(err, e->fail_rc, "%s", e->fail_msg);
+    if (e && e->state == SE_READY) {
+        s->stats.n_hits++;
+        core_lora_retain(e->lora);
+        w->lora = e->lora;
+        e->last_use = ++s->clock;
+        return RC_OK;
+    }
+    s->stats.n_misses++;
+    if (!e && !cache_add(s, &w->row))
+        return core_err(err, RC_NOMEM, "store: out of memory");
+    *pending = true;
+    return RC_OK;
+}
+
+rc_t store_acquire(store_t *s, store_want_t *wants, int n, store_ready_fn cb, void *user,
+                   store_wait_t **wait, core_err_t *err)
+{
+    int n_pending = 0;
+    rc_t rc = RC_OK;
+    *wait = NULL;
+    for (int i = 0; i < n; i++)
+        wants[i].lora = NULL;
+    for (int i = 0; i < n && rc == RC_OK; i++) {
+        bool pending = false;
+        rc = acquire_one(s, &wants[i], &pending, err);
+        n_pending += pending;
+    }
+    struct store_wait *w = calloc(1, sizeof *w);
+    if (rc == RC_OK && !w)
+        rc = core_err(err, RC_NOMEM, "store: out of memory");
+    if (rc != RC_OK || n_pending == 0) {
+        free(w);
+        if (rc != RC_OK)
+            for (int i = 0; i < n; i++)
+                if (wants[i].lora) {
+                    core_lora_release(wants[i].lora);
+                    wants[i].lora = NULL;
+                }
+        return rc;
+    }
+    *w = (struct store_wait){.next = s->waits, .s = s, .wants = wants, .n = n,
+                             .n_pending = n_pending, .cb = cb, .user = user,
+                             .since_ms = s->now_ms, .in_call = true};
+    s->waits = w;
+    cache_pump(s); /* with a synchronous executor the loads finish right here */
+    if (!w->finished) {
+        w->in_call = false;
+        *wait = w;
+        return RC_OK;
+    }
+    rc = w->rc;
+    if (rc != RC_OK)
+        *err = w->err;
+    free(w);
+    return rc;
+}
+
+void store_wait_cancel(store_t *s, store_wait_t *w)
+{
+    if (!w)
+        return;
+    wait_unlink(s, w);
+    wait_release(w);
+    free(w);
+}
+
+/* ---- housekeeping ---- */
+
+/* Waits stuck behind a full cache longer than load_wait_ms fail with RC_UNAVAILABLE. */
+static void cache_expire(store_t *s)
+{
+    struct store_wait *w = s->waits, *next;
+    for (; w; w = next) {
+        next = w->next;
+        bool stuck = false;
+        for (int i = 0; i < w->n && !stuck; i++) {
+            store_entry_t *e = w->wants[i].lora ? NULL : store__cache_find(s, w->wants[i].row.id);
+            stuck = e && e->state == SE_QUEUED && s->now_ms - e->queued_ms >= s->p.load_wait_ms;
+        }
+        if (!stuck)
+            continue;
+        core_err_t err;
+        core_err(&err, RC_UNAVAILABLE,
+                 "the adapter cache (%llu bytes) is full of adapters in use; retry shortly",
+                 (unsigned long long)s->p.cache_budget_bytes);
+        wait_finish(s, w, RC_UNAVAILABLE, &err);
+    }
+}
+
+/* Queued entries nobody waits for any more (and not pinned) are dropped. */
+static void cache_drop_orphans(store_t *s)
+{
+    store_entry_t *e = s->entries, *next;
+    for (; e; e = next) {
+        next = e->next;
+        if (e->state != SE_QUEUED || e->pinned)
+            continue;
+        bool wanted = false;
+        for (struct store_wait *w = s->waits; w && !wanted; w = w->next)
+            wanted = wait_wants(w, e->id);
+        if (!wanted)
+            cache_remove(s, e);
+    }
+}
+
+void store__cache_tick(store_t *s)
+{
+    cache_expire(s);
+    cache_drop_orphans(s);
+    cache_pump(s);
+}
+
+void store__cache_forget(store_t *s, const int64_t *ids, size_t n)
+{
+    core_err_t err;
+    for (size_t i = 0; i < n; i++) {
+        store_entry_t *e = store__cache_find(s, ids[i]);
+        if (!e)
+            continue;
+        if (e->state == SE_LOADING) { /* its waits still get it; then it goes */
+            e->row.state = STORE_STATE_DELETED;
+            e->pinned = false;
+            continue;
+        }
+        core_err(&err, RC_NOT_FOUND, "adapter %s@%d was deleted", e->row.name, e->row.version);
+        cache_fail_waits(s, ids[i], RC_NOT_FOUND, &err);
+        cache_remove(s, e); /* holders keep their own references */
+    }
+}
+
+rc_t store__cache_prefetch(store_t *s, const store_adapter_t *row, core_err_t *err)
+{
+    store_entry_t *e = store__cache_find(s, row->id);
+    if (!e && !(e = cache_add(s, row)))
+        return core_err(err, RC_NOMEM, "store: out of memory");
+    e->pinned = true;
+    cache_pump(s);
+    return RC_OK;
+}
+
+void store__cache_set_pinned(store_t *s, int64_t id, bool pinned)
+{
+    store_entry_t *e = store__cache_find(s, id);
+    if (e)
+        e->pinned = pinned;
+}
+
+void store_runtime(store_t *s, int64_t id, store_runtime_t *rt)
+{
+    store_entry_t *e = store__cache_find(s, id);
+    memset(rt, 0, sizeof *rt);
+    if (!e)
+        return;
+    rt->resident = e->state == SE_READY;
+    rt->loading = e->state == SE_LOADING || e->state == SE_QUEUED;
+    if (rt->resident)
+        rt->n_users = __atomic_load_n(&e->lora->refcount, __ATOMIC_ACQUIRE) - 1;
+}
+
+void store_stats(store_t *s, store_stats_t *out)
+{
+    *out = s->stats;
+    out->budget_bytes = s->p.cache_budget_bytes;
+    out->resident_bytes = 0;
+    out->pinned_bytes = store__cache_pinned_bytes(s);
+    out->n_resident = out->n_loading = out->n_waiting_room = 0;
+    for (store_entry_t *e = s->entries; e; e = e->next) {
+        out->resident_bytes += e->state == SE_READY ? cache_entry_bytes(e) : 0;
+        out->n_resident += e->state == SE_READY;
+        out->n_loading += e->state == SE_LOADING;
+        out->n_waiting_room += e->state == SE_QUEUED;
+    }
+}
+
+void store__cache_close(store_t *s)
+{
+    while (s->waits) {
+        struct store_wait *w = s->waits;
+        s->waits = w->next;
+        wait_release(w);
+        free(w);
+    }
+    while (s->entries)
+        cache_remove(s, s->entries);
+}

@@ -1,0 +1,965 @@
+/* index.c - the adapter index in DATA_DIR/adapterd.db.
+ *
+ * Two connections. The writer (wdb) is the only one that writes or checkpoints (Debian's
+ * sqlite 3.40 has the WAL-reset bug that needs two writers: RELIABILITY finding 4); it is
+ * used only under wmu, by tasks on the pool and at open. The reader (rdb, query_only) is
+ * the loop thread's: lookups never wait for a writer's fsync (WAL readers see the last
+ * commit without locks) and never take wmu.
+ *
+ * Migrations are a table of steps; step i takes user_version i to i+1 in one transaction
+ * with the new user_version. A file newer than the last step is refused: an older daemon
+ * must not write a schema it does not know.
+ *
+ * Every statement is prepared with bound parameters; constant text only goes through
+ * sqlite3_exec (pragmas, migration steps). Every sqlite3_step of a write transaction
+ * passes the "sql" failpoint first. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/fault.h"
+#include "store/store_int.h"
+
+#define STORE_DB_FILE "adapterd.db"
+#define STORE_BUSY_TIMEOUT_MS 5000
+
+/* Step i takes user_version i to i+1. Append only: never edit a released step. */
+static const char *const idx_migrations[] = {
+    /* 0 -> 1: the first slice's index (adapters referenced in place by path). */
+    "CREATE TABLE adapters ("
+    "  id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,"
+    "  kind TEXT NOT NULL, rank INTEGER NOT NULL, alpha REAL NOT NULL, targets TEXT NOT NULL,"
+    "  base_fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,"
+    "  path TEXT NOT NULL, created INTEGER NOT NULL, UNIQUE(name, version));",
+    /* 1 -> 2: tenants, content-addressed blobs, states, usage, pins, aliases. Rows of
+     * schema 1 keep their folder in legacy_path until open copies it into blobs. */
+    "CREATE TABLE tenants ("
+    "  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created INTEGER NOT NULL);"
+    "INSERT INTO tenants (id, name, created) VALUES (1, 'default', CAST(strftime('%s','now') AS INTEGER));"
+    "CREATE TABLE adapters2 ("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
+    "  name TEXT NOT NULL, version INTEGER NOT NULL CHECK (version >= 1),"
+    "  kind TEXT NOT NULL, rank INTEGER NOT NULL, alpha REAL NOT NULL, targets TEXT NOT NULL,"
+    "  base_fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, config_sha256 TEXT NOT NULL,"
+    "  size INTEGER NOT NULL, mem_bytes INTEGER NOT NULL, created INTEGER NOT NULL,"
+    "  last_used INTEGER NOT NULL DEFAULT 0, n_requests INTEGER NOT NULL DEFAULT 0,"
+    "  pinned INTEGER NOT NULL DEFAULT 0,"
+    "  state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'broken', 'deleted')),"
+    "  reason TEXT NOT NULL DEFAULT '', legacy_path TEXT,"
+    "  UNIQUE (tenant_id, name, version));"
+    "INSERT INTO adapters2 (id, tenant_id, name, version, kind, rank, alpha, targets,"
+    "  base_fingerprint, sha256, config_sha256, size, mem_bytes, created, legacy_path)"
+    "  SELECT id, 1, name, version, kind, rank, alpha, targets, base_fingerprint, sha256, '',"
+    "  size, 0, created, path FROM adapters;"
+    "DROP TABLE adapters;"
+    "ALTER TABLE adapters2 RENAME TO adapters;"
+    "CREATE INDEX adapters_sha256 ON adapters (sha256);"
+    "CREATE TABLE aliases ("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
+    "  name TEXT NOT NULL,"
+    "  adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE RESTRICT,"
+    "  updated INTEGER NOT NULL,"
+    "  UNIQUE (tenant_id, name));",
+};
+#define IDX_SCHEMA_VERSION ((int)(sizeof idx_migrations / sizeof idx_migrations[0]))
+
+#define IDX_COLS                                                                           \
+    "a.id, a.name, a.version, a.kind, a.rank, a.alpha, a.targets, a.base_fingerprint,"     \
+    " a.sha256, a.config_sha256, a.size, a.mem_bytes, a.created, a.last_used,"             \
+    " a.n_requests, a.pinned, a.state, a.reason"
+
+static const char *const idx_rsql[RS__COUNT] = {
+    [RS_BY_NAME_NEWEST] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
+                          " AND a.name = ?2 AND a.state != 'deleted'"
+                          " ORDER BY a.version DESC LIMIT 1",
+    [RS_BY_NAME_VERSION] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
+                           " AND a.name = ?2 AND a.version = ?3 AND a.state != 'deleted'",
+    [RS_ALIAS_TARGET] = "SELECT " IDX_COLS " FROM aliases AS al JOIN adapters AS a"
+                        " ON a.id = al.adapter_id WHERE al.tenant_id = ?1 AND al.name = ?2",
+    [RS_LIST] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
+                " AND a.state != 'deleted' AND a.version = (SELECT MAX(b.version) FROM"
+                " adapters AS b WHERE b.tenant_id = a.tenant_id AND b.name = a.name"
+                " AND b.state != 'deleted') ORDER BY a.name",
+    [RS_VERSIONS] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
+                    " AND a.name = ?2 AND a.state != 'deleted' ORDER BY a.version",
+    [RS_ALIASES] = "SELECT al.name, a.name, a.version, al.updated FROM aliases AS al"
+                   " JOIN adapters AS a ON a.id = al.adapter_id WHERE al.tenant_id = ?1"
+                   " ORDER BY al.name",
+    [RS_BY_ID] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.id = ?1",
+    [RS_PINNED] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
+                  " AND a.pinned = 1 AND a.state = 'ready' ORDER BY a.id",
+};
+
+/* ---- small helpers ---- */
+
+static rc_t idx_err(sqlite3 *db, core_err_t *err, const char *what)
+{
+    const char *file = sqlite3_db_filename(db, "main");
+    return core_err(err, RC_IO, "adapter index %s: %s: %s", file ? file : "", what,
+                    sqlite3_errmsg(db));
+}
+
+static void idx_copy(char *dst, size_t cap, const unsigned char *src)
+{
+    snprintf(dst, cap, "%s", src ? (const char *)src : "");
+}
+
+static store_state_t idx_state(const unsigned char *t)
+{
+    if (t && strcmp((const char *)t, "broken") == 0)
+        return STORE_STATE_BROKEN;
+    if (t && strcmp((const char *)t, "deleted") == 0)
+        return STORE_STATE_DELETED;
+    return STORE_STATE_READY;
+}
+
+const char *store_state_str(store_state_t st)
+{
+    return st == STORE_STATE_BROKEN ? "broken" : st == STORE_STATE_DELETED ? "deleted" : "ready";
+}
+
+/* Column order is IDX_COLS. */
+static void idx_row_read(sqlite3_stmt *st, store_adapter_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->id = sqlite3_column_int64(st, 0);
+    idx_copy(r->name, sizeof r->name, sqlite3_column_text(st, 1));
+    r->version = sqlite3_column_int(st, 2);
+    idx_copy(r->kind, sizeof r->kind, sqlite3_column_text(st, 3));
+    r->rank = sqlite3_column_int(st, 4);
+    r->alpha = sqlite3_column_double(st, 5);
+    idx_copy(r->targets, sizeof r->targets, sqlite3_column_text(st, 6));
+    idx_copy(r->base_fingerprint, sizeof r->base_fingerprint, sqlite3_column_text(st, 7));
+    idx_copy(r->sha256, sizeof r->sha256, sqlite3_column_text(st, 8));
+    idx_copy(r->config_sha256, sizeof r->config_sha256, sqlite3_column_text(st, 9));
+    r->size = sqlite3_column_int64(st, 10);
+    r->mem_bytes = sqlite3_column_int64(st, 11);
+    r->created = sqlite3_column_int64(st, 12);
+    r->last_used = sqlite3_column_int64(st, 13);
+    r->n_requests = sqlite3_column_int64(st, 14);
+    r->pinned = sqlite3_column_int(st, 15) != 0;
+    r->state = idx_state(sqlite3_column_text(st, 16));
+    idx_copy(r->reason, sizeof r->reason, sqlite3_column_text(st, 17));
+}
+
+/* Bind by a type string: 't' text, 'i' int64, 'd' double, 'n' int (as int64). */
+static void idx_bind(sqlite3_stmt *st, const char *types, va_list ap)
+{
+    for (int i = 0; types[i]; i++) {
+        switch (types[i]) {
+        case 't': sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_TRANSIENT); break;
+        case 'i': sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t)); break;
+        case 'n': sqlite3_bind_int64(st, i + 1, va_arg(ap, int)); break;
+        case 'd': sqlite3_bind_double(st, i + 1, va_arg(ap, double)); break;
+        }
+    }
+}
+
+/* Writer: prepare, bind, step (through the failpoint); SQLITE_ROW leaves the statement
+ * for the caller to read and finalize (OUT: *out), SQLITE_DONE finalizes it. */
+static rc_t w_stmt(store_t *s, sqlite3_stmt **out, core_err_t *err, const char *sql,
+                   const char *types, ...)
+{
+    sqlite3_stmt *st = NULL;
+    va_list ap;
+    if (out)
+        *out = NULL;
+    if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
+        return idx_err(s->wdb, err, "prepare");
+    va_start(ap, types);
+    idx_bind(st, types, ap);
+    va_end(ap);
+    if (store__fp("sql")) {
+        sqlite3_finalize(st);
+        return core_err(err, RC_IO, "adapter index: injected I/O error");
+    }
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW && out) {
+        *out = st;
+        return RC_OK;
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE && r != SQLITE_ROW)
+        return idx_err(s->wdb, err, sql);
+    return RC_OK;
+}
+
+static rc_t w_exec(store_t *s, const char *sql, core_err_t *err)
+{
+    return w_stmt(s, NULL, err, sql, "");
+}
+
+static rc_t w_begin(store_t *s, core_err_t *err)
+{
+    return w_exec(s, "BEGIN IMMEDIATE", err);
+}
+
+/* Commit when rc is RC_OK, else roll back; returns the outcome. */
+static rc_t w_end(store_t *s, rc_t rc, core_err_t *err)
+{
+    if (rc == RC_OK) {
+        rc = w_exec(s, "COMMIT", err);
+        if (rc == RC_OK)
+            return RC_OK;
+    }
+    sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+/* ---- schema ---- */
+
+static rc_t idx_user_version(sqlite3 *db, int *out, core_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+        return idx_err(db, err, "read user_version");
+    rc_t rc = RC_OK;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *out = sqlite3_column_int(st, 0);
+    else
+        rc = idx_err(db, err, "read user_version");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static rc_t idx_migrate(sqlite3 *db, core_err_t *err)
+{
+    int v = 0;
+    rc_t rc = idx_user_version(db, &v, err);
+    if (rc != RC_OK)
+        return rc;
+    if (v > IDX_SCHEMA_VERSION)
+        return core_err(err, RC_UNSUPPORTED,
+                        "adapter index %s has schema version %d, newer than this adapterd "
+                        "supports (%d): upgrade adapterd (the file was left untouched)",
+                        sqlite3_db_filename(db, "main"), v, IDX_SCHEMA_VERSION);
+    if (v < 0)
+        return core_err(err, RC_FORMAT, "adapter index: schema version %d is invalid", v);
+    for (; v < IDX_SCHEMA_VERSION; v++) {
+        char pragma[64];
+        snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+            return idx_err(db, err, "begin migration");
+        if (sqlite3_exec(db, idx_migrations[v], NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(db, pragma, NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            rc = core_err(err, RC_IO, "adapter index %s: migration %d -> %d: %s",
+                          sqlite3_db_filename(db, "main"), v, v + 1, sqlite3_errmsg(db));
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return rc;
+        }
+    }
+    return RC_OK;
+}
+
+/* The settings the design depends on (RELIABILITY D9), checked, not assumed. */
+static rc_t idx_check_wal(sqlite3 *db, core_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    rc_t rc = RC_OK;
+    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL) != SQLITE_OK)
+        return idx_err(db, err, "journal_mode");
+    if (sqlite3_step(st) != SQLITE_ROW ||
+        strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0)
+        rc = core_err(err, RC_IO, "adapter index: WAL journal mode could not be enabled "
+                                  "(a network filesystem?)");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static rc_t idx_open_writer(store_t *s, const char *path, core_err_t *err)
+{
+    static const char *const pragmas[] = {
+        "PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON",
+        "PRAGMA mmap_size = 0",
+    };
+    if (sqlite3_open_v2(path, &s->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK)
+        return core_err(err, RC_IO, "open '%s': %s", path,
+                        s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
+    sqlite3_busy_timeout(s->wdb, STORE_BUSY_TIMEOUT_MS);
+    for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++)
+        if (sqlite3_exec(s->wdb, pragmas[i], NULL, NULL, NULL) != SQLITE_OK)
+            return idx_err(s->wdb, err, pragmas[i]);
+    rc_t rc = idx_check_wal(s->wdb, err);
+    if (rc == RC_OK)
+        rc = idx_migrate(s->wdb, err);
+    return rc;
+}
+
+static rc_t idx_open_reader(store_t *s, const char *path, core_err_t *err)
+{
+    if (sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
+        return core_err(err, RC_IO, "open '%s' (reader): %s", path,
+                        s->rdb ? sqlite3_errmsg(s->rdb) : "out of memory");
+    sqlite3_busy_timeout(s->rdb, STORE_BUSY_TIMEOUT_MS);
+    if (sqlite3_exec(s->rdb, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(s->rdb, "PRAGMA mmap_size = 0", NULL, NULL, NULL) != SQLITE_OK)
+        return idx_err(s->rdb, err, "reader pragmas");
+    for (int i = 0; i < RS__COUNT; i++)
+        if (sqlite3_prepare_v3(s->rdb, idx_rsql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->rst[i],
+                               NULL) != SQLITE_OK)
+            return idx_err(s->rdb, err, "prepare");
+    return RC_OK;
+}
+
+rc_t store__index_open(store_t *s, core_err_t *err)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/%s", s->data_dir, STORE_DB_FILE);
+    s->tenant_id = 1;
+    rc_t rc = idx_open_writer(s, path, err);
+    if (rc == RC_OK)
+        rc = idx_open_reader(s, path, err);
+    return rc;
+}
+
+void store__index_close(store_t *s)
+{
+    /* The reader first, so the writer is the last connection (it checkpoints on close). */
+    for (int i = 0; i < RS__COUNT; i++)
+        sqlite3_finalize(s->rst[i]);
+    sqlite3_close(s->rdb);
+    sqlite3_close(s->wdb);
+    s->rdb = s->wdb = NULL;
+}
+
+/* ---- reader ---- */
+
+rc_t store__spec_parse(const char *spec, char name[STORE_NAME_MAX + 1], int *version,
+                       core_err_t *err)
+{
+    const char *at = spec ? strchr(spec, '@') : NULL;
+    size_t n = at ? (size_t)(at - spec) : (spec ? strlen(spec) : 0);
+    *version = 0;
+    if (n < 1 || n > STORE_NAME_MAX)
+        return core_err(err, RC_INVALID, "invalid adapter name '%.80s'", spec ? spec : "");
+    memcpy(name, spec, n);
+    name[n] = '\0';
+    if (!store_name_valid(name))
+        return core_err(err, RC_INVALID, "invalid adapter name '%.80s'", spec);
+    if (!at)
+        return RC_OK;
+    const char *v = at + 1;
+    size_t nd = strspn(v, "0123456789");
+    long val = (nd >= 1 && nd <= 9 && v[nd] == '\0') ? strtol(v, NULL, 10) : 0;
+    if (val < 1)
+        return core_err(err, RC_INVALID, "invalid adapter version in '%.80s'", spec);
+    *version = (int)val;
+    return RC_OK;
+}
+
+/* Step a reader statement for one row. RC_NOT_FOUND when none. */
+static rc_t r_one(store_t *s, store_rstmt_t which, store_adapter_t *row, core_err_t *err)
+{
+    sqlite3_stmt *st = s->rst[which];
+    int r = sqlite3_step(st);
+    rc_t rc = RC_OK;
+    if (r == SQLITE_ROW)
+        idx_row_read(st, row);
+    else if (r == SQLITE_DONE)
+        rc = RC_NOT_FOUND;
+    else
+        rc = idx_err(s->rdb, err, "lookup");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+static rc_t r_by_name(store_t *s, const char *name, int version, store_adapter_t *row,
+                      core_err_t *err)
+{
+    store_rstmt_t w = version > 0 ? RS_BY_NAME_VERSION : RS_BY_NAME_NEWEST;
+    sqlite3_bind_int64(s->rst[w], 1, s->tenant_id);
+    sqlite3_bind_text(s->rst[w], 2, name, -1, SQLITE_TRANSIENT);
+    if (version > 0)
+        sqlite3_bind_int(s->rst[w], 3, version);
+    return r_one(s, w, row, err);
+}
+
+rc_t store__resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err)
+{
+    char name[STORE_NAME_MAX + 1];
+    int version = 0;
+    rc_t rc = store__spec_parse(spec, name, &version, err);
+    if (rc != RC_OK)
+        return rc;
+    if (version == 0) {
+        sqlite3_bind_int64(s->rst[RS_ALIAS_TARGET], 1, s->tenant_id);
+        sqlite3_bind_text(s->rst[RS_ALIAS_TARGET], 2, name, -1, SQLITE_TRANSIENT);
+        rc = r_one(s, RS_ALIAS_TARGET, row, err);
+        if (rc != RC_NOT_FOUND)
+            return rc;
+    }
+    rc = r_by_name(s, name, version, row, err);
+    if (rc == RC_NOT_FOUND)
+        core_err(err, rc, "adapter '%.80s' not found", spec);
+    return rc;
+}
+
+rc_t store_resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err)
+{
+    return store__resolve(s, spec, row, err);
+}
+
+rc_t store__row_by_id(store_t *s, int64_t id, store_adapter_t *row, core_err_t *err)
+{
+    sqlite3_bind_int64(s->rst[RS_BY_ID], 1, id);
+    return r_one(s, RS_BY_ID, row, err);
+}
+
+/* Collect the rows of a bound reader statement. */
+static rc_t r_rows(store_t *s, store_rstmt_t which, store_adapter_t **rows, size_t *n,
+                   core_err_t *err)
+{
+    sqlite3_stmt *st = s->rst[which];
+    store_adapter_t *v = NULL;
+    size_t len = 0, cap = 0;
+    rc_t rc = RC_OK;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (len == cap) {
+            size_t c = cap ? cap * 2 : 16;
+            store_adapter_t *nv = realloc(v, c * sizeof *nv);
+            if (!nv) {
+                rc = core_err(err, RC_NOMEM, "store: out of memory");
+                break;
+            }
+            v = nv;
+            cap = c;
+        }
+        idx_row_read(st, &v[len++]);
+    }
+    if (rc == RC_OK && r != SQLITE_DONE)
+        rc = idx_err(s->rdb, err, "list");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != RC_OK) {
+        free(v);
+        return rc;
+    }
+    *rows = v;
+    *n = len;
+    return RC_OK;
+}
+
+rc_t store_list(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err)
+{
+    *rows = NULL;
+    *n = 0;
+    sqlite3_bind_int64(s->rst[RS_LIST], 1, s->tenant_id);
+    return r_rows(s, RS_LIST, rows, n, err);
+}
+
+rc_t store__pinned_rows(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err)
+{
+    *rows = NULL;
+    *n = 0;
+    sqlite3_bind_int64(s->rst[RS_PINNED], 1, s->tenant_id);
+    return r_rows(s, RS_PINNED, rows, n, err);
+}
+
+rc_t store_versions(store_t *s, const char *name, store_adapter_t **rows, size_t *n,
+                    core_err_t *err)
+{
+    *rows = NULL;
+    *n = 0;
+    if (!store_name_valid(name))
+        return core_err(err, RC_INVALID, "invalid adapter name '%.80s'", name ? name : "");
+    sqlite3_bind_int64(s->rst[RS_VERSIONS], 1, s->tenant_id);
+    sqlite3_bind_text(s->rst[RS_VERSIONS], 2, name, -1, SQLITE_TRANSIENT);
+    rc_t rc = r_rows(s, RS_VERSIONS, rows, n, err);
+    if (rc == RC_OK && *n == 0)
+        return core_err(err, RC_NOT_FOUND, "adapter '%s' not found", name);
+    return rc;
+}
+
+rc_t store_aliases(store_t *s, store_alias_t **rows, size_t *n, core_err_t *err)
+{
+    sqlite3_stmt *st = s->rst[RS_ALIASES];
+    store_alias_t *v = NULL;
+    size_t len = 0, cap = 0;
+    rc_t rc = RC_OK;
+    int r;
+    *rows = NULL;
+    *n = 0;
+    sqlite3_bind_int64(st, 1, s->tenant_id);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (len == cap) {
+            size_t c = cap ? cap * 2 : 16;
+            store_alias_t *nv = realloc(v, c * sizeof *nv);
+            if (!nv) {
+                rc = core_err(err, RC_NOMEM, "store: out of memory");
+                break;
+            }
+            v = nv;
+            cap = c;
+        }
+        store_alias_t *a = &v[len++];
+        idx_copy(a->name, sizeof a->name, sqlite3_column_text(st, 0));
+        snprintf(a->target, sizeof a->target, "%s@%d", (const char *)sqlite3_column_text(st, 1),
+                 sqlite3_column_int(st, 2));
+        a->updated = sqlite3_column_int64(st, 3);
+    }
+    if (rc == RC_OK && r != SQLITE_DONE)
+        rc = idx_err(s->rdb, err, "aliases");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != RC_OK) {
+        free(v);
+        return rc;
+    }
+    *rows = v;
+    *n = len;
+    return RC_OK;
+}
+
+/* ---- writer (callers hold wmu) ---- */
+
+/* One row through the writer (inside its transaction). RC_NOT_FOUND when none. */
+static rc_t w_row(store_t *s, const char *sql, const char *types, store_adapter_t *row,
+                  core_err_t *err, ...)
+{
+    sqlite3_stmt *st = NULL;
+    va_list ap;
+    if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
+        return idx_err(s->wdb, err, "prepare");
+    va_start(ap, err);
+    idx_bind(st, types, ap);
+    va_end(ap);
+    int r = sqlite3_step(st);
+    rc_t rc = RC_OK;
+    if (r == SQLITE_ROW)
+        idx_row_read(st, row);
+    else if (r == SQLITE_DONE)
+        rc = RC_NOT_FOUND;
+    else
+        rc = idx_err(s->wdb, err, "lookup");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* An integer from a one-row query (0 when no row or NULL). */
+static rc_t w_int(store_t *s, const char *sql, const char *types, int64_t *out,
+                  core_err_t *err, ...)
+{
+    sqlite3_stmt *st = NULL;
+    va_list ap;
+    *out = 0;
+    if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
+        return idx_err(s->wdb, err, "prepare");
+    va_start(ap, err);
+    idx_bind(st, types, ap);
+    va_end(ap);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        *out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return (r == SQLITE_ROW || r == SQLITE_DONE) ? RC_OK : idx_err(s->wdb, err, "query");
+}
+
+#define W_NEWEST_LIVE                                                                     \
+    "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1 AND a.name = ?2"        \
+    " AND a.state != 'deleted' ORDER BY a.version DESC LIMIT 1"
+
+/* Resolve a spec through the writer (inside its transaction). */
+static rc_t w_resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err)
+{
+    char name[STORE_NAME_MAX + 1];
+    int version = 0;
+    rc_t rc = store__spec_parse(spec, name, &version, err);
+    if (rc != RC_OK)
+        return rc;
+    if (version == 0) {
+        rc = w_row(s, "SELECT " IDX_COLS " FROM aliases AS al JOIN adapters AS a ON a.id ="
+                      " al.adapter_id WHERE al.tenant_id = ?1 AND al.name = ?2",
+                   "it", row, err, s->tenant_id, name);
+        if (rc != RC_NOT_FOUND)
+            return rc;
+        rc = w_row(s, W_NEWEST_LIVE, "it", row, err, s->tenant_id, name);
+    } else {
+        rc = w_row(s, "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1 AND"
+                      " a.name = ?2 AND a.version = ?3 AND a.state != 'deleted'",
+                   "itn", row, err, s->tenant_id, name, version);
+    }
+    if (rc == RC_NOT_FOUND)
+        core_err(err, rc, "adapter '%.80s' not found", spec);
+    return rc;
+}
+
+static rc_t w_is_alias(store_t *s, const char *name, bool *yes, core_err_t *err)
+{
+    int64_t n = 0;
+    rc_t rc = w_int(s, "SELECT COUNT(*) FROM aliases WHERE tenant_id = ?1 AND name = ?2",
+                    "it", &n, err, s->tenant_id, name);
+    *yes = n > 0;
+    return rc;
+}
+
+static rc_t w_insert_row(store_t *s, const store_adapter_t *r, core_err_t *err)
+{
+    return w_stmt(s, NULL, err,
+                  "INSERT INTO adapters (tenant_id, name, version, kind, rank, alpha, targets,"
+                  " base_fingerprint, sha256, config_sha256, size, mem_bytes, created)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                  "itntndttttiii", s->tenant_id, r->name, r->version, r->kind, r->rank,
+                  r->alpha, r->targets, r->base_fingerprint, r->sha256, r->config_sha256,
+                  r->size, r->mem_bytes, r->created);
+}
+
+/* Inside the transaction: the checks, then install, then the row. */
+static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
+                        rc_t (*install)(void *, core_err_t *), void *ctx, store_adapter_t *row,
+                        core_err_t *err)
+{
+    bool alias = false;
+    store_adapter_t newest;
+    int64_t max_v = 0;
+    rc_t rc = w_is_alias(s, in->name, &alias, err);
+    if (rc == RC_OK && alias)
+        return core_err(err, RC_EXISTS, "'%s' is an alias: adapters and aliases share names",
+                        in->name);
+    if (rc == RC_OK)
+        rc = w_row(s, W_NEWEST_LIVE, "it", &newest, err, s->tenant_id, in->name);
+    if (rc == RC_OK && in->fail_if_exists)
+        return core_err(err, RC_EXISTS, "The lora adapter '%s' has already been loaded.",
+                        in->name);
+    if (rc == RC_OK && in->reuse_same && strcmp(newest.sha256, in->probe->sha256) == 0 &&
+        strcmp(newest.config_sha256, in->probe->config_sha256) == 0 &&
+        strcmp(newest.base_fingerprint, s->p.base->fingerprint) == 0) {
+        *row = newest;
+        return install(ctx, err); /* the blobs exist; installing again is a no-op */
+    }
+    if (rc != RC_OK && rc != RC_NOT_FOUND)
+        return rc;
+    rc = w_int(s, "SELECT MAX(version) FROM adapters WHERE tenant_id = ?1 AND name = ?2", "it",
+               &max_v, err, s->tenant_id, in->name);
+    if (rc == RC_OK)
+        rc = install(ctx, err);
+    if (rc != RC_OK)
+        return rc;
+    *row = *in->probe;
+    snprintf(row->name, sizeof row->name, "%s", in->name);
+    snprintf(row->base_fingerprint, sizeof row->base_fingerprint, "%s", s->p.base->fingerprint);
+    row->version = (int)max_v + 1;
+    row->created = (int64_t)time(NULL);
+    row->state = STORE_STATE_READY;
+    rc = w_insert_row(s, row, err);
+    if (rc == RC_OK)
+        row->id = sqlite3_last_insert_rowid(s->wdb);
+    return rc;
+}
+
+rc_t store__w_insert(store_t *s, const store_insert_t *in,
+                     rc_t (*install)(void *, core_err_t *), void *ctx, store_adapter_t *row,
+                     core_err_t *err)
+{
+    rc_t rc = w_begin(s, err);
+    if (rc != RC_OK)
+        return rc;
+    rc = w_insert_tx(s, in, install, ctx, row, err);
+    return w_end(s, rc, err);
+}
+
+/* The ids a delete affects, and a refusal when an alias points at one. */
+static rc_t w_delete_ids(store_t *s, const char *spec, const char *name, int version,
+                         int64_t **ids, size_t *n, core_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->wdb,
+                           "SELECT a.id, a.version, (SELECT al.name FROM aliases AS al WHERE"
+                           " al.adapter_id = a.id LIMIT 1) FROM adapters AS a WHERE"
+                           " a.tenant_id = ?1 AND a.name = ?2 AND a.state != 'deleted' AND"
+                           " (?3 = 0 OR a.version = ?3) ORDER BY a.version",
+                           -1, &st, NULL) != SQLITE_OK)
+        return idx_err(s->wdb, err, "prepare");
+    sqlite3_bind_int64(st, 1, s->tenant_id);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 3, version);
+    rc_t rc = RC_OK;
+    int r;
+    while (rc == RC_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_type(st, 2) != SQLITE_NULL) {
+            rc = core_err(err, RC_EXISTS, "alias '%s' points at %s@%d: repoint or delete it first",
+                          (const char *)sqlite3_column_text(st, 2), name,
+                          sqlite3_column_int(st, 1));
+            break;
+        }
+        int64_t *nv = realloc(*ids, (*n + 1) * sizeof *nv);
+        if (!nv) {
+            rc = core_err(err, RC_NOMEM, "store: out of memory");
+            break;
+        }
+        *ids = nv;
+        (*ids)[(*n)++] = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    if (rc == RC_OK && *n == 0)
+        rc = core_err(err, RC_NOT_FOUND, "adapter '%.80s' not found", spec);
+    return rc;
+}
+
+rc_t store__w_delete(store_t *s, const char *spec, store_adapter_t *row, int64_t **ids,
+                     size_t *n_ids, core_err_t *err)
+{
+    char name[STORE_NAME_MAX + 1];
+    int version = 0;
+    *ids = NULL;
+    *n_ids = 0;
+    rc_t rc = store__spec_parse(spec, name, &version, err);
+    if (rc != RC_OK)
+        return rc;
+    if ((rc = w_begin(s, err)) != RC_OK)
+        return rc;
+    rc = w_delete_ids(s, spec, name, version, ids, n_ids, err);
+    for (size_t i = 0; rc == RC_OK && i < *n_ids; i++)
+        rc = w_stmt(s, NULL, err, "UPDATE adapters SET state = 'deleted' WHERE id = ?1", "i",
+                    (*ids)[i]);
+    if (rc == RC_OK)
+        rc = w_row(s, "SELECT " IDX_COLS " FROM adapters AS a WHERE a.id = ?1", "i", row, err,
+                   (*ids)[*n_ids - 1]);
+    rc = w_end(s, rc, err);
+    if (rc != RC_OK) {
+        free(*ids);
+        *ids = NULL;
+        *n_ids = 0;
+    }
+    return rc;
+}
+
+rc_t store__w_alias_put(store_t *s, const char *alias, const char *target, store_adapter_t *row,
+                        core_err_t *err)
+{
+    int64_t n_named = 0;
+    if (!store_name_valid(alias))
+        return core_err(err, RC_INVALID, "invalid alias name '%.80s'", alias);
+    rc_t rc = w_begin(s, err);
+    if (rc != RC_OK)
+        return rc;
+    rc = w_int(s, "SELECT COUNT(*) FROM adapters WHERE tenant_id = ?1 AND name = ?2", "it",
+               &n_named, err, s->tenant_id, alias);
+    if (rc == RC_OK && n_named > 0)
+        rc = core_err(err, RC_EXISTS, "'%s' is an adapter name: adapters and aliases share names",
+                      alias);
+    if (rc == RC_OK)
+        rc = w_resolve(s, target, row, err);
+    if (rc == RC_OK && row->state != STORE_STATE_READY)
+        rc = core_err(err, RC_UNAVAILABLE, "adapter %s@%d is %s: %s", row->name, row->version,
+                      store_state_str(row->state), row->reason);
+    if (rc == RC_OK)
+        rc = w_stmt(s, NULL, err,
+                    "INSERT INTO aliases (tenant_id, name, adapter_id, updated)"
+                    " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, name) DO UPDATE SET"
+                    " adapter_id = excluded.adapter_id, updated = excluded.updated",
+                    "itii", s->tenant_id, alias, row->id, (int64_t)time(NULL));
+    return w_end(s, rc, err);
+}
+
+rc_t store__w_alias_delete(store_t *s, const char *alias, core_err_t *err)
+{
+    int64_t n = 0;
+    if (!store_name_valid(alias))
+        return core_err(err, RC_INVALID, "invalid alias name '%.80s'", alias);
+    rc_t rc = w_begin(s, err);
+    if (rc != RC_OK)
+        return rc;
+    rc = w_int(s, "SELECT COUNT(*) FROM aliases WHERE tenant_id = ?1 AND name = ?2", "it", &n,
+               err, s->tenant_id, alias);
+    if (rc == RC_OK && n == 0)
+        rc = core_err(err, RC_NOT_FOUND, "alias '%s' not found", alias);
+    if (rc == RC_OK)
+        rc = w_stmt(s, NULL, err, "DELETE FROM aliases WHERE tenant_id = ?1 AND name = ?2", "it",
+                    s->tenant_id, alias);
+    return w_end(s, rc, err);
+}
+
+static rc_t w_simple_tx(store_t *s, core_err_t *err, const char *sql, const char *types,
+                        int64_t a, const char *b)
+{
+    rc_t rc = w_begin(s, err);
+    if (rc != RC_OK)
+        return rc;
+    if (types[1] == 't')
+        rc = w_stmt(s, NULL, err, sql, types, a, b);
+    else
+        rc = w_stmt(s, NULL, err, sql, types, a);
+    return w_end(s, rc, err);
+}
+
+rc_t store__w_pin(store_t *s, int64_t id, bool pin, core_err_t *err)
+{
+    return w_simple_tx(s, err,
+                       pin ? "UPDATE adapters SET pinned = 1 WHERE id = ?1"
+                           : "UPDATE adapters SET pinned = 0 WHERE id = ?1",
+                       "i", id, NULL);
+}
+
+rc_t store__w_mark_broken(store_t *s, int64_t id, const char *reason, core_err_t *err)
+{
+    return w_simple_tx(s, err,
+                       "UPDATE adapters SET state = 'broken', reason = ?2 WHERE id = ?1"
+                       " AND state = 'ready'",
+                       "it", id, reason);
+}
+
+rc_t store__w_usage(store_t *s, const store_usage_t *u, size_t n, core_err_t *err)
+{
+    rc_t rc = w_begin(s, err);
+    for (size_t i = 0; rc == RC_OK && i < n; i++)
+        rc = w_stmt(s, NULL, err,
+                    "UPDATE adapters SET n_requests = n_requests + ?2,"
+                    " last_used = MAX(last_used, ?3) WHERE id = ?1",
+                    "iii", u[i].id, u[i].n, u[i].last_used);
+    return w_end(s, rc, err);
+}
+
+/* ---- blob GC ---- */
+
+typedef struct {
+    char (*hex)[STORE_BLOB_HEX];
+    size_t n;
+} idx_keep_t;
+
+static int idx_hexcmp(const void *a, const void *b)
+{
+    return strcmp((const char *)a, (const char *)b);
+}
+
+static bool idx_keep(void *ctx, const char *hex)
+{
+    const idx_keep_t *k = ctx;
+    return bsearch(hex, k->hex, k->n, sizeof *k->hex, idx_hexcmp) != NULL;
+}
+
+/* Every blob a row that is not deleted names, sorted. */
+static rc_t idx_live_blobs(store_t *s, idx_keep_t *k, core_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    rc_t rc = RC_OK;
+    if (sqlite3_prepare_v2(s->wdb,
+                           "SELECT sha256 FROM adapters WHERE state != 'deleted' UNION"
+                           " SELECT config_sha256 FROM adapters WHERE state != 'deleted'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return idx_err(s->wdb, err, "prepare");
+    size_t cap = 0;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (k->n == cap) {
+            cap = cap ? cap * 2 : 64;
+            void *nv = realloc(k->hex, cap * sizeof *k->hex);
+            if (!nv) {
+                rc = core_err(err, RC_NOMEM, "store: out of memory");
+                break;
+            }
+            k->hex = nv;
+        }
+        idx_copy(k->hex[k->n++], STORE_BLOB_HEX, sqlite3_column_text(st, 0));
+    }
+    if (rc == RC_OK && r != SQLITE_DONE)
+        rc = idx_err(s->wdb, err, "gc query");
+    sqlite3_finalize(st);
+    if (rc == RC_OK && k->n)
+        qsort(k->hex, k->n, sizeof *k->hex, idx_hexcmp);
+    return rc;
+}
+
+rc_t store__w_gc(store_t *s, int *n_removed, uint64_t *bytes, core_err_t *err)
+{
+    idx_keep_t k = {0};
+    *n_removed = 0;
+    *bytes = 0;
+    /* A read transaction keeps the set stable; installs wait on wmu, held by the caller. */
+    rc_t rc = idx_live_blobs(s, &k, err);
+    if (rc == RC_OK)
+        rc = store__blob_gc(s->data_dir, idx_keep, &k, n_removed, bytes, err);
+    free(k.hex);
+    return rc;
+}
+
+/* ---- rows of schema 1 ---- */
+
+typedef struct {
+    int64_t id;
+    char path[PATH_MAX];
+    char sha256[STORE_BLOB_HEX];
+} idx_legacy_t;
+
+static rc_t idx_legacy_rows(store_t *s, idx_legacy_t **rows, size_t *n, core_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    rc_t rc = RC_OK;
+    *rows = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(s->wdb,
+                           "SELECT id, legacy_path, sha256 FROM adapters WHERE legacy_path IS"
+                           " NOT NULL AND state != 'deleted'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return idx_err(s->wdb, err, "prepare");
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        idx_legacy_t *nv = realloc(*rows, (*n + 1) * sizeof *nv);
+        if (!nv) {
+            rc = core_err(err, RC_NOMEM, "store: out of memory");
+            break;
+        }
+        *rows = nv;
+        nv[*n].id = sqlite3_column_int64(st, 0);
+        idx_copy(nv[*n].path, sizeof nv[*n].path, sqlite3_column_text(st, 1));
+        idx_copy(nv[*n].sha256, sizeof nv[*n].sha256, sqlite3_column_text(st, 2));
+        (*n)++;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Copy one legacy folder into blobs and point the row at them, or mark it broken. */
+static rc_t idx_legacy_one(store_t *s, const idx_legacy_t *l, core_err_t *err)
+{
+    char cfg[PATH_MAX + 32], wts[PATH_MAX + 32], chex[STORE_BLOB_HEX], whex[STORE_BLOB_HEX];
+    store_blob_writer_t *cw = NULL, *ww = NULL;
+    store_adapter_t probe;
+    core_err_t why = {{0}};
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", l->path);
+    snprintf(wts, sizeof wts, "%s/adapter_model.safetensors", l->path);
+    rc_t rc = store__blob_copy_file(s->data_dir, cfg, STORE_CONFIG_MAX, &cw, chex, NULL, &why);
+    if (rc == RC_OK)
+        rc = store__blob_copy_file(s->data_dir, wts, s->p.max_adapter_bytes, &ww, whex, NULL, &why);
+    if (rc == RC_OK && strcmp(whex, l->sha256) != 0)
+        rc = core_err(&why, RC_MISMATCH, "its weights changed since it was imported");
+    if (rc == RC_OK)
+        rc = store__validate(s, store__blob_tmp_path(cw), store__blob_tmp_path(ww), NULL, &probe,
+                             &why);
+    if (rc == RC_OK && (rc = store__blob_install(cw, &why)) == RC_OK)
+        rc = store__blob_install(ww, &why);
+    store__blob_writer_free(cw);
+    store__blob_writer_free(ww);
+    rc_t wrc = w_begin(s, err);
+    if (wrc != RC_OK)
+        return wrc;
+    if (rc == RC_OK)
+        wrc = w_stmt(s, NULL, err,
+                     "UPDATE adapters SET config_sha256 = ?2, mem_bytes = ?3, legacy_path = NULL"
+                     " WHERE id = ?1",
+                     "iti", l->id, chex, probe.mem_bytes);
+    else
+        wrc = w_stmt(s, NULL, err,
+                     "UPDATE adapters SET state = 'broken', reason = ?2, legacy_path = NULL"
+                     " WHERE id = ?1",
+                     "it", l->id, why.msg);
+    return w_end(s, wrc, err);
+}
+
+rc_t store__w_legacy_fixup(store_t *s, core_err_t *err)
+{
+    idx_legacy_t *rows = NULL;
+    size_t n = 0;
+    rc_t rc = idx_legacy_rows(s, &rows, &n, err);
+    for (size_t i = 0; rc == RC_OK && i < n; i++)
+        rc = idx_legacy_one(s, &rows[i], err);
+    free(rows);
+    return rc;
+}
