@@ -83,8 +83,7 @@ static const flag_t flags[] = {
      "queue"},
     {"max-queue", FLAG_INT, OFF(max_queue), "256", 1, 1000000, SERVE, "N",
      "engine: requests waiting to run; a request beyond it gets 429 with Retry-After"},
-    {"kv-cache-bytes", FLAG_SIZE, OFF(kv_cache_bytes), "1073741824", 1, 1LL << 46, SERVE,
-     "BYTES",
+    {"kv-cache-bytes", FLAG_SIZE, OFF(kv_cache_bytes), "1073741824", 1, 1LL << 46, SERVE, "BYTES",
      "engine: KV cache shared by all sequences, in blocks of --kv-block-tokens positions; "
      "sequences wait (or are preempted and recomputed) for free blocks, and a request whose "
      "prompt plus max_tokens can never fit gets 400"},
@@ -93,22 +92,20 @@ static const flag_t flags[] = {
     {"max-rank", FLAG_INT, OFF(max_rank), "256", 0, 65536, SERVE, "N",
      "engine: largest LoRA rank r the step scratch is sized for at start (each adapter of "
      "a composition runs on its own); a larger rank still runs but allocates during the step"},
-    {"adapter-cache-bytes", FLAG_SIZE, OFF(adapter_cache_bytes), "2147483648", 1, 1LL << 46,
-     BOTH, "BYTES",
+    {"adapter-cache-bytes", FLAG_SIZE, OFF(adapter_cache_bytes), "2147483648", 1, 1LL << 46, BOTH,
+     "BYTES",
      "store: memory for resident adapters (f32 weights); least recently used idle adapters "
      "are evicted to load others, an adapter larger than this is refused"},
     {"max-upload-bytes", FLAG_SIZE, OFF(max_upload_bytes), "1073741824", 1, 1LL << 40, BOTH,
      "BYTES",
      "store: largest adapter weights file, and the body cap of POST /v1/adapters uploads "
      "(streamed to disk); larger gets 413"},
-    {"adapter-load-wait-ms", FLAG_INT, OFF(adapter_load_wait_ms), "30000", 0, MS_MAX, SERVE,
-     "MS",
+    {"adapter-load-wait-ms", FLAG_INT, OFF(adapter_load_wait_ms), "30000", 0, MS_MAX, SERVE, "MS",
      "store: how long a request waits for adapter cache room (adapters in use are never "
      "evicted); then 503 cache_full with Retry-After"},
-    {"blob-gc-interval-ms", FLAG_INT, OFF(blob_gc_interval_ms), "600000", 0, MS_MAX, SERVE,
-     "MS", "store: how often blob files no adapter references are deleted (0: only at start)"},
-    {"allow-local-adapter-paths", FLAG_INT, OFF(allow_local_adapter_paths), "0", 0, 1, SERVE,
-     "0|1",
+    {"blob-gc-interval-ms", FLAG_INT, OFF(blob_gc_interval_ms), "600000", 0, MS_MAX, SERVE, "MS",
+     "store: how often blob files no adapter references are deleted (0: only at start)"},
+    {"allow-local-adapter-paths", FLAG_INT, OFF(allow_local_adapter_paths), "0", 0, 1, SERVE, "N",
      "1 enables vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter (lora_path "
      "must lie inside --adapter-roots); 0 answers them 404"},
     {"adapter-roots", FLAG_STR, OFF(adapter_roots), "", 0, 0, SERVE, "DIRS",
@@ -265,8 +262,10 @@ static bool check_roots(const char *list, FILE *err)
         struct stat st;
         snprintf(dir, sizeof dir, "%.*s", (int)(len < sizeof dir ? len : sizeof dir - 1), p);
         if (dir[0] != '/' || len >= sizeof dir || stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-            fprintf(err, "adapterd: --adapter-roots: '%.*s' is not an absolute path to an "
-                         "existing folder\n", (int)len, p);
+            fprintf(err,
+                    "adapterd: --adapter-roots: '%.*s' is not an absolute path to an "
+                    "existing folder\n",
+                    (int)len, p);
             return false;
         }
         if (!comma)

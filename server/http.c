@@ -453,7 +453,7 @@ static void resp_end(srv_conn_t *c)
               BUF_LIT(&h, "\r\n");
     if (ok)
         srv__conn_send(c, h.p, h.len, c->is_head ? NULL : c->resp_body.p,
-                  c->is_head ? 0 : c->resp_body.len);
+                       c->is_head ? 0 : c->resp_body.len);
     else
         conn_close(c);
     buf_free(&h);
@@ -917,10 +917,10 @@ rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limi
                   const srv_handler_t *handler, srv_http_t **out, core_err_t *err)
 {
     *out = NULL;
-    if (handler->body_begin &&
-        (!handler->body_data || !handler->body_end || !handler->body_abort))
-        return core_err(err, RC_INVALID, "a handler with body_begin needs body_data, "
-                                         "body_end and body_abort");
+    if (handler->body_begin && (!handler->body_data || !handler->body_end || !handler->body_abort))
+        return core_err(err, RC_INVALID,
+                        "a handler with body_begin needs body_data, "
+                        "body_end and body_abort");
     srv_http_t *h = calloc(1, sizeof *h);
     if (!h)
         return core_err(err, RC_NOMEM, "out of memory");

@@ -88,7 +88,7 @@ struct srv_conn {
     api_body_t *body;          /* STREAM: the handler's, from body_begin ... */
     bool body_open;            /* ... until body_end or body_abort */
     atomic_bool sink_muted;    /* sink calls are ignored (during body_abort) */
-    srv_msg_t end_msg; /* end() never allocates, so a connection always learns of it */
+    srv_msg_t end_msg;         /* end() never allocates, so a connection always learns of it */
     atomic_bool sink_failed;
     bool resp_begun, resp_streaming, resp_chunked;
     int resp_status;

@@ -357,8 +357,8 @@ static unsigned char pattern(size_t i)
 static void stream_head(cl_t *c, size_t len, const char *extra)
 {
     char head[256];
-    snprintf(head, sizeof head,
-             "POST /stream HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n%s\r\n", len, extra);
+    snprintf(head, sizeof head, "POST /stream HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n%s\r\n",
+             len, extra);
     cl_sends(c, head);
 }
 
