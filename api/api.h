@@ -93,7 +93,8 @@ api_body_mode_t api_body_begin(api_t *a, const api_request_t *req, api_sink_t *s
 void api_body_data(api_t *a, api_body_t *b, const char *data, size_t len);
 /* The whole body arrived: answer like api_handle (OUT: *job pending or NULL). Frees b. */
 void api_body_end(api_t *a, api_body_t *b, api_job_t **job);
-/* The request will never complete (client gone, timeout, framing error): free b. */
+/* The request will never complete (client gone, timeout, framing error): free b. No sink
+ * call follows an abort (the server answers or closes by itself). */
 void api_body_abort(api_t *a, api_body_t *b);
 
 /* HTTP status for an rc (RC_NOT_FOUND 404, RC_INVALID 400, RC_MISMATCH 422, ...). */

@@ -300,20 +300,15 @@ const char *store__blob_tmp_path(const store_blob_writer_t *w)
     return w->tmp_path;
 }
 
-/* Move the temp file to blob_path, or drop it when that blob exists already.
- * OUT: *renamed (true when this call created blob_path). */
+/* Move the temp file to blob_path. When that blob exists already the fresh, verified copy
+ * replaces it anyway (rename is atomic, readers keep their open file): the same name means
+ * the same bytes, unless the old copy was damaged on disk - then this repairs it.
+ * OUT: *renamed (true when this call created a name that did not exist). */
 static rc_t blob_place(store_blob_writer_t *w, const char *blob_path, bool *renamed,
                        core_err_t *err)
 {
     struct stat st;
-    if (stat(blob_path, &st) == 0 && S_ISREG(st.st_mode)) {
-        /* Same name, same sha256: the bytes are there already. */
-        int e = blob_unlink_at(AT_FDCWD, w->tmp_path);
-        if (e)
-            return core_err(err, RC_IO, "unlink %s: %s", w->tmp_path, strerror(e));
-        w->tmp_exists = false;
-        return RC_OK;
-    }
+    bool existed = stat(blob_path, &st) == 0 && S_ISREG(st.st_mode);
     int e = store__fp("rename") ? EIO : 0;
     if (!e && rename(w->tmp_path, blob_path) != 0)
         e = errno;
@@ -321,7 +316,7 @@ static rc_t blob_place(store_blob_writer_t *w, const char *blob_path, bool *rena
         return core_err(err, blob_errno_rc(e), "rename %s to %s: %s", w->tmp_path, blob_path,
                         strerror(e));
     w->tmp_exists = false;
-    *renamed = true;
+    *renamed = !existed;
     return RC_OK;
 }
 

@@ -9,8 +9,9 @@
  * fsync it, rename it to blobs/<hex>, fsync the blobs folder. Only then may an index row
  * point at the blob. A crash before the rename leaves a temp file (start-up empties tmp/);
  * a crash after it leaves an unreferenced blob (garbage collection removes it). A blob
- * already present under the same name is the same bytes (same sha256): the temp file is
- * removed instead of renamed, and the folder is still fsync'd.
+ * already present under the same name should be the same bytes (same sha256); it is
+ * replaced by the fresh copy all the same (atomically), so re-uploading an adapter whose
+ * stored copy was damaged repairs it. The folder is fsync'd either way.
  *
  * fsync failures are final ("fsyncgate"): after any failed fsync, store__blob_poisoned()
  * returns true for the rest of the process and every later writer_new fails with RC_IO,
@@ -57,8 +58,8 @@ rc_t store__blob_finish(store_blob_writer_t *w, char hex[STORE_BLOB_HEX], uint64
 /* The temp file's path (valid until install or free): loaders read it to validate the
  * content before it is installed. */
 const char *store__blob_tmp_path(const store_blob_writer_t *w);
-/* After finish: rename the temp file to DATA_DIR/blobs/<hex> (or remove it when that blob
- * exists already), then fsync DATA_DIR/blobs. */
+/* After finish: rename the temp file to DATA_DIR/blobs/<hex> (replacing a blob of that name),
+ * then fsync DATA_DIR/blobs. */
 rc_t store__blob_install(store_blob_writer_t *w, core_err_t *err);
 /* Close, remove the temp file if it is still there, free. NULL-safe. */
 void store__blob_writer_free(store_blob_writer_t *w);

@@ -35,6 +35,7 @@ struct store_wait {
     void *user;
     uint64_t since_ms;
     bool in_call;  /* inside store_acquire: record the outcome instead of calling cb */
+    bool marked;   /* chosen to finish by the walk in progress (see cache_finish_marked) */
     bool finished;
     rc_t rc;
     core_err_t err;
@@ -187,12 +188,26 @@ static bool wait_wants(const struct store_wait *w, int64_t id)
     return false;
 }
 
+/* Finish every marked wait with rc. Callbacks may acquire or cancel (changing the list),
+ * so the walk marks first and then takes one marked wait at a time from the head; waits
+ * added by a callback are not marked. */
+static void cache_finish_marked(store_t *s, rc_t rc, const core_err_t *err)
+{
+    for (;;) {
+        struct store_wait *w = s->waits;
+        while (w && !w->marked)
+            w = w->next;
+        if (!w)
+            return;
+        w->marked = false;
+        wait_finish(s, w, rc, err);
+    }
+}
+
 /* Entry e became READY: hand references to every wait that wants it. */
 static void cache_deliver(store_t *s, store_entry_t *e)
 {
-    struct store_wait *w = s->waits, *next;
-    for (; w; w = next) {
-        next = w->next;
+    for (struct store_wait *w = s->waits; w; w = w->next) {
         for (int i = 0; i < w->n; i++) {
             if (w->wants[i].row.id != e->id || w->wants[i].lora)
                 continue;
@@ -200,21 +215,18 @@ static void cache_deliver(store_t *s, store_entry_t *e)
             w->wants[i].lora = e->lora;
             w->n_pending--;
         }
-        if (w->n_pending == 0)
-            wait_finish(s, w, RC_OK, NULL);
+        w->marked = w->n_pending == 0;
     }
     e->last_use = ++s->clock;
+    cache_finish_marked(s, RC_OK, NULL);
 }
 
 /* Every wait that wants id fails with rc. */
 static void cache_fail_waits(store_t *s, int64_t id, rc_t rc, const core_err_t *err)
 {
-    struct store_wait *w = s->waits, *next;
-    for (; w; w = next) {
-        next = w->next;
-        if (wait_wants(w, id))
-            wait_finish(s, w, rc, err);
-    }
+    for (struct store_wait *w = s->waits; w; w = w->next)
+        w->marked = wait_wants(w, id);
+    cache_finish_marked(s, rc, err);
 }
 
 /* ---- loads ---- */
@@ -245,8 +257,9 @@ static void load_failed(store_t *s, store_entry_t *e, cache_load_t *l)
     if (!load_permanent(l->rc)) {
         core_err(&err, RC_UNAVAILABLE, "adapter %s@%d could not be loaded: %s", l->row.name,
                  l->row.version, l->err.msg);
-        cache_fail_waits(s, e->id, RC_UNAVAILABLE, &err);
+        int64_t id = e->id;
         cache_remove(s, e); /* the next request tries again */
+        cache_fail_waits(s, id, RC_UNAVAILABLE, &err);
         return;
     }
     core_err(&err, RC_UNAVAILABLE, "adapter %s@%d is broken: %s", l->row.name, l->row.version,
@@ -275,7 +288,8 @@ static void load_done(store_task_t *t)
         e->state = SE_READY;
         e->lora = l->lora; /* the cache's reference */
         cache_deliver(s, e);
-        if (e->row.state == STORE_STATE_DELETED && cache_idle(e))
+        e = store__cache_find(s, l->id); /* a callback's acquire may have evicted it */
+        if (e && e->row.state == STORE_STATE_DELETED && cache_idle(e))
             cache_remove(s, e);
     }
     free(l);
@@ -384,6 +398,8 @@ rc_t store_acquire(store_t *s, store_want_t *wants, int n, store_ready_fn cb, vo
     int n_pending = 0;
     rc_t rc = RC_OK;
     *wait = NULL;
+    /* The wait for room is measured from now, not from the last tick. */
+    s->now_ms = store__now_ms();
     for (int i = 0; i < n; i++)
         wants[i].lora = NULL;
     for (int i = 0; i < n && rc == RC_OK; i++) {
@@ -435,22 +451,23 @@ void store_wait_cancel(store_t *s, store_wait_t *w)
 /* Waits stuck behind a full cache longer than load_wait_ms fail with RC_UNAVAILABLE. */
 static void cache_expire(store_t *s)
 {
-    struct store_wait *w = s->waits, *next;
-    for (; w; w = next) {
-        next = w->next;
+    bool any = false;
+    for (struct store_wait *w = s->waits; w; w = w->next) {
         bool stuck = false;
         for (int i = 0; i < w->n && !stuck; i++) {
             store_entry_t *e = w->wants[i].lora ? NULL : store__cache_find(s, w->wants[i].row.id);
             stuck = e && e->state == SE_QUEUED && s->now_ms - e->queued_ms >= s->p.load_wait_ms;
         }
-        if (!stuck)
-            continue;
-        core_err_t err;
-        core_err(&err, RC_UNAVAILABLE,
-                 "the adapter cache (%llu bytes) is full of adapters in use; retry shortly",
-                 (unsigned long long)s->p.cache_budget_bytes);
-        wait_finish(s, w, RC_UNAVAILABLE, &err);
+        w->marked = stuck;
+        any |= stuck;
     }
+    if (!any)
+        return;
+    core_err_t err;
+    core_err(&err, RC_UNAVAILABLE,
+             "the adapter cache (%llu bytes) is full of adapters in use; retry shortly",
+             (unsigned long long)s->p.cache_budget_bytes);
+    cache_finish_marked(s, RC_UNAVAILABLE, &err);
 }
 
 /* Queued entries nobody waits for any more (and not pinned) are dropped. */
@@ -489,8 +506,8 @@ void store__cache_forget(store_t *s, const int64_t *ids, size_t n)
             continue;
         }
         core_err(&err, RC_NOT_FOUND, "adapter %s@%d was deleted", e->row.name, e->row.version);
-        cache_fail_waits(s, ids[i], RC_NOT_FOUND, &err);
         cache_remove(s, e); /* holders keep their own references */
+        cache_fail_waits(s, ids[i], RC_NOT_FOUND, &err);
     }
 }
 

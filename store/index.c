@@ -227,19 +227,29 @@ static rc_t idx_user_version(sqlite3 *db, int *out, core_err_t *err)
     return rc;
 }
 
-static rc_t idx_migrate(sqlite3 *db, core_err_t *err)
+/* Refuses a newer schema before anything writes to the file (journal_mode = WAL
+ * rewrites its header). OUT: *v. */
+static rc_t idx_check_version(sqlite3 *db, int *v, core_err_t *err)
 {
-    int v = 0;
-    rc_t rc = idx_user_version(db, &v, err);
+    rc_t rc = idx_user_version(db, v, err);
     if (rc != RC_OK)
         return rc;
-    if (v > IDX_SCHEMA_VERSION)
+    if (*v > IDX_SCHEMA_VERSION)
         return core_err(err, RC_UNSUPPORTED,
                         "adapter index %s has schema version %d, newer than this adapterd "
                         "supports (%d): upgrade adapterd (the file was left untouched)",
-                        sqlite3_db_filename(db, "main"), v, IDX_SCHEMA_VERSION);
-    if (v < 0)
-        return core_err(err, RC_FORMAT, "adapter index: schema version %d is invalid", v);
+                        sqlite3_db_filename(db, "main"), *v, IDX_SCHEMA_VERSION);
+    if (*v < 0)
+        return core_err(err, RC_FORMAT, "adapter index: schema version %d is invalid", *v);
+    return RC_OK;
+}
+
+static rc_t idx_migrate(sqlite3 *db, core_err_t *err)
+{
+    int v = 0;
+    rc_t rc = idx_check_version(db, &v, err);
+    if (rc != RC_OK)
+        return rc;
     for (; v < IDX_SCHEMA_VERSION; v++) {
         char pragma[64];
         snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
@@ -283,10 +293,14 @@ static rc_t idx_open_writer(store_t *s, const char *path, core_err_t *err)
         return core_err(err, RC_IO, "open '%s': %s", path,
                         s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
     sqlite3_busy_timeout(s->wdb, STORE_BUSY_TIMEOUT_MS);
+    int v = 0;
+    rc_t rc = idx_check_version(s->wdb, &v, err);
+    if (rc != RC_OK)
+        return rc;
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++)
         if (sqlite3_exec(s->wdb, pragmas[i], NULL, NULL, NULL) != SQLITE_OK)
             return idx_err(s->wdb, err, pragmas[i]);
-    rc_t rc = idx_check_wal(s->wdb, err);
+    rc = idx_check_wal(s->wdb, err);
     if (rc == RC_OK)
         rc = idx_migrate(s->wdb, err);
     return rc;
@@ -629,7 +643,8 @@ static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
     if (rc == RC_OK && in->fail_if_exists)
         return core_err(err, RC_EXISTS, "The lora adapter '%s' has already been loaded.",
                         in->name);
-    if (rc == RC_OK && in->reuse_same && strcmp(newest.sha256, in->probe->sha256) == 0 &&
+    if (rc == RC_OK && in->reuse_same && newest.state == STORE_STATE_READY &&
+        strcmp(newest.sha256, in->probe->sha256) == 0 &&
         strcmp(newest.config_sha256, in->probe->config_sha256) == 0 &&
         strcmp(newest.base_fingerprint, s->p.base->fingerprint) == 0) {
         *row = newest;
@@ -833,7 +848,8 @@ static int idx_hexcmp(const void *a, const void *b)
 static bool idx_keep(void *ctx, const char *hex)
 {
     const idx_keep_t *k = ctx;
-    return bsearch(hex, k->hex, k->n, sizeof *k->hex, idx_hexcmp) != NULL;
+    /* No live blobs: k->hex is NULL, which bsearch must not be given. */
+    return k->n > 0 && bsearch(hex, k->hex, k->n, sizeof *k->hex, idx_hexcmp) != NULL;
 }
 
 /* Every blob a row that is not deleted names, sorted. */

@@ -353,6 +353,8 @@ static void ops_done(store_task_t *t)
         ops_apply(o);
     else if (o->kind == OP_GC)
         s->gc_running = false;
+    else if (o->kind == OP_PIN && o->flag && !o->row.pinned)
+        store__cache_set_pinned(s, o->id, false); /* store_pin counted it: take it back */
     if (o->rc != RC_OK && !o->cb && o->kind != OP_FAIL)
         fprintf(stderr, "adapterd: store: background change failed: %s\n", o->err.msg);
     if (store__blob_poisoned())
@@ -476,38 +478,40 @@ void store_upload_free(store_upload_t *u)
 
 /* ---- imports ---- */
 
-static ops_task_t *ops_import_task(store_t *s, const char *dir, const char *name,
-                                   const store_import_opts_t *opt, store_done_fn cb, void *user,
-                                   core_err_t *err)
+static rc_t ops_import_task(store_t *s, const char *dir, const char *name,
+                            const store_import_opts_t *opt, store_done_fn cb, void *user,
+                            ops_task_t **out, core_err_t *err)
 {
     store_upload_t *u = NULL;
-    if (store_upload_new(s, name, &u, err) != RC_OK)
-        return NULL;
+    *out = NULL;
+    rc_t rc = store_upload_new(s, name, &u, err);
+    if (rc != RC_OK)
+        return rc;
     if (strlen(dir) >= PATH_MAX) {
         store_upload_free(u);
-        core_err(err, RC_INVALID, "adapter folder path is too long");
-        return NULL;
+        return core_err(err, RC_INVALID, "adapter folder path is too long");
     }
     ops_task_t *o = ops_new(s, OP_INSTALL, cb, user);
     if (!o) {
         store_upload_free(u);
-        core_err(err, RC_NOMEM, "store: out of memory");
-        return NULL;
+        return core_err(err, RC_NOMEM, "store: out of memory");
     }
     o->up = u;
     o->from_dir = true;
     o->flag = opt && opt->fail_if_exists;
     snprintf(o->a, sizeof o->a, "%s", dir);
-    return o;
+    *out = o;
+    return RC_OK;
 }
 
 void store_import_async(store_t *s, const char *dir, const char *name,
                         const store_import_opts_t *opt, store_done_fn cb, void *user)
 {
     core_err_t err = {{0}};
-    ops_task_t *o = ops_import_task(s, dir, name, opt, cb, user, &err);
-    if (!o) {
-        ops_fail(s, err.msg[0] ? RC_INVALID : RC_NOMEM, &err, cb, user);
+    ops_task_t *o = NULL;
+    rc_t rc = ops_import_task(s, dir, name, opt, cb, user, &o, &err);
+    if (rc != RC_OK) {
+        ops_fail(s, rc, &err, cb, user);
         return;
     }
     ops_submit(o);
@@ -517,11 +521,12 @@ void store_import_async(store_t *s, const char *dir, const char *name,
 rc_t store_import(store_t *s, const char *dir, const char *name, store_adapter_t *row,
                   core_err_t *err)
 {
-    ops_task_t *o = ops_import_task(s, dir, name, NULL, NULL, NULL, err);
-    if (!o)
-        return err && err->msg[0] ? RC_INVALID : RC_NOMEM;
+    ops_task_t *o = NULL;
+    rc_t rc = ops_import_task(s, dir, name, NULL, NULL, NULL, &o, err);
+    if (rc != RC_OK)
+        return rc;
     ops_work(&o->t);
-    rc_t rc = o->rc;
+    rc = o->rc;
     if (rc != RC_OK && err)
         *err = o->err;
     if (rc == RC_OK && row)
@@ -641,8 +646,13 @@ void store_pin(store_t *s, const char *spec, bool pin, store_done_fn cb, void *u
     o->id = row.id;
     o->row = row;
     o->flag = pin;
-    if (pin) /* counted at once, so two pins racing cannot both pass the check */
-        store__cache_set_pinned(s, row.id, true);
+    /* Counted at once, so two pins racing cannot both pass the check: a cold version gets
+     * its (pinned) entry now, which also starts its load. */
+    if (pin && !already && store__cache_prefetch(s, &row, &err) != RC_OK) {
+        free(o);
+        ops_fail(s, RC_NOMEM, &err, cb, user);
+        return;
+    }
     ops_submit(o);
 }
 

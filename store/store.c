@@ -146,10 +146,21 @@ static void store_load_pinned(store_t *s)
         fprintf(stderr, "adapterd: store: pinned adapters: %s\n", err.msg);
         return;
     }
-    for (size_t i = 0; i < n; i++)
+    uint64_t pinned = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* A budget lowered since the pins were made: the pins that no longer fit are not
+         * loaded (they would block every other load), and say so. */
+        if (pinned + (uint64_t)rows[i].mem_bytes > s->p.cache_budget_bytes) {
+            fprintf(stderr, "adapterd: store: pinned %s@%d not loaded: pinned adapters exceed "
+                            "--adapter-cache-bytes %llu\n", rows[i].name, rows[i].version,
+                    (unsigned long long)s->p.cache_budget_bytes);
+            continue;
+        }
+        pinned += (uint64_t)rows[i].mem_bytes;
         if (store__cache_prefetch(s, &rows[i], &err) != RC_OK)
             fprintf(stderr, "adapterd: store: pin %s@%d: %s\n", rows[i].name, rows[i].version,
                     err.msg);
+    }
     free(rows);
 }
 

@@ -191,12 +191,30 @@ TEST(install_same_content_twice)
     ASSERT_EQ(stat(path, &st1), 0);
     install_text(dir, "abc", hex2);
     ASSERT_STREQ(hex1, hex2);
-    /* The first file stays (the second temp was removed, not renamed over it). */
+    /* The fresh copy replaced the first one (one blob, no temp left). */
     ASSERT_EQ(stat(path, &st2), 0);
-    ASSERT_EQ(st1.st_ino, st2.st_ino);
+    ASSERT(st1.st_ino != st2.st_ino);
     ASSERT_EQ(count_entries(dir, "blobs"), 1);
     ASSERT_EQ(count_entries(dir, "tmp"), 0);
     ASSERT(store__blob_exists(dir, HEX_ABC, NULL));
+    rm_rf(dir);
+}
+
+/* A damaged blob is repaired by installing the same content again. */
+TEST(install_repairs_damaged_blob)
+{
+    char dir[256], hex1[65], hex2[65], path[512], buf[16] = {0};
+    fresh_dir(dir, sizeof dir, "repair");
+    install_text(dir, "abc", hex1);
+    ASSERT(store__blob_path(dir, hex1, path, sizeof path));
+    FILE *fp = fopen(path, "r+b");
+    ASSERT(fp != NULL);
+    ASSERT_EQ(fputc('X', fp), 'X');
+    ASSERT_EQ(fclose(fp), 0);
+    install_text(dir, "abc", hex2);
+    ASSERT_STREQ(hex1, hex2);
+    ASSERT_EQ(slurp(path, buf, sizeof buf), 3);
+    ASSERT_STREQ(buf, "abc");
     rm_rf(dir);
 }
 
