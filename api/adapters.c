@@ -435,6 +435,7 @@ bool api__acquire_fail(rc_t rc, const core_err_t *err, api_fail_t *f)
     case RC_NOT_FOUND:
     case RC_INVALID: return api__fail(f, 404, "model_not_found", "%s", err->msg);
     case RC_UNAVAILABLE: return api__fail(f, 503, "adapter_unavailable", "%s", err->msg);
+    case RC_BUSY: return api__fail(f, 503, "cache_full", "%s", err->msg);
     case RC_LIMIT: return api__fail(f, 422, "adapter_too_large", "%s", err->msg);
     default: return api__fail_rc(f, rc, err);
     }

@@ -233,9 +233,10 @@ int api_status_of(rc_t rc)
 void api_send_error(api_sink_t *sink, int status, const char *type, const char *code,
                     const char *message)
 {
-    /* 429 tells the client when to come back (the engine queue drains within a step). */
+    /* 429 and 503 tell the client when to come back: the engine queue drains within a
+     * step; a broken adapter may be re-uploaded and a full cache frees as sequences end. */
     api__send_error_hdr(sink, status, type, code, message,
-                        status == 429 ? "Retry-After: 1\r\n" : NULL);
+                        (status == 429 || status == 503) ? "Retry-After: 1\r\n" : NULL);
 }
 
 bool api__list_adapters(api_t *a, api_sink_t *sink, store_adapter_t **rows, size_t *n)

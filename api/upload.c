@@ -109,6 +109,8 @@ static bool on_data(void *user, const char *data, size_t len, core_err_t *err)
     api_body_t *b = user;
     api_fail_t f;
     core_err_t e = {{0}};
+    if (b->part == UP_NONE) /* the parser hands out data only inside a part */
+        return true;
     if (b->part == UP_FP) {
         if (b->n_fp + len > UP_FP_MAX) {
             api__fail(&f, 400, "invalid_value",

@@ -464,10 +464,10 @@ static void cache_expire(store_t *s)
     if (!any)
         return;
     core_err_t err;
-    core_err(&err, RC_UNAVAILABLE,
+    core_err(&err, RC_BUSY,
              "the adapter cache (%llu bytes) is full of adapters in use; retry shortly",
              (unsigned long long)s->p.cache_budget_bytes);
-    cache_finish_marked(s, RC_UNAVAILABLE, &err);
+    cache_finish_marked(s, RC_BUSY, &err);
 }
 
 /* Queued entries nobody waits for any more (and not pinned) are dropped. */

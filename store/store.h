@@ -27,8 +27,8 @@
  * running sequence through its core_aset_t): in-use and pinned adapters are never evicted;
  * others are evicted least recently used first when a load needs room. When no room can
  * be made, the load waits (the requests behind it wait too: admission waits, it does not
- * thrash) until references are dropped, for at most load_wait_ms (then RC_UNAVAILABLE, which
- * the api answers 503 with Retry-After). An adapter larger than the whole budget is refused
+ * thrash) until references are dropped, for at most load_wait_ms (then RC_BUSY, which the
+ * api answers 503 cache_full with Retry-After). An adapter larger than the whole budget is refused
  * (RC_LIMIT) at import and at acquire.
  *
  * Threads: every function here runs on one thread, the loop thread (or the only thread of

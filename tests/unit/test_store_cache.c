@@ -84,7 +84,7 @@ TEST(budget_wait_deadline)
     usleep(200 * 1000);
     store_tick(f.s, 0);
     ASSERT_EQ(r.n, 1);
-    ASSERT_RC(r.rc, RC_UNAVAILABLE, &r.err);
+    ASSERT_RC(r.rc, RC_BUSY, &r.err);
     ASSERT(strstr(r.err.msg, "full") != NULL);
     ASSERT(w.lora == NULL);
     ASSERT(!fx_rt(&f, "c").loading); /* nobody waits for it any more */
