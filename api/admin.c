@@ -110,7 +110,7 @@ json_t *api__adapter_json(api_t *a, const store_adapter_t *r)
         r->config_sha256, "size_bytes", (json_int_t)r->size, "memory_bytes",
         (json_int_t)r->mem_bytes, "created", (json_int_t)r->created, "last_used",
         r->last_used ? json_integer(r->last_used) : json_null(), "requests",
-        (json_int_t)r->n_requests, "pinned", r->pinned, "state", store_state_str(r->state),
+        (json_int_t)r->n_requests, "pinned", r->pinned, "state", store_state_str(rt.broken ? STORE_STATE_BROKEN : r->state),
         "resident", rt.resident, "loading", rt.loading, "in_use", rt.n_users);
     if (o && r->state == STORE_STATE_BROKEN)
         json_object_set_new(o, "reason", api__json_text(r->reason, strlen(r->reason)));
@@ -577,22 +577,37 @@ static void send_text(api_sink_t *sink, int status, const char *text)
  * answer for "outside" and "does not exist", so the endpoint never tells what exists
  * outside the roots. OUT: real. (realpath stats a few folders on the loop thread: cheap
  * next to the import itself, which runs on the executor.) */
-static bool path_confined(api_t *a, const char *path, char real[PATH_MAX], api_fail_t *f)
+/* real (already resolved) lies inside one of the roots. */
+static bool inside_roots(api_t *a, const char *real)
 {
     char root[PATH_MAX];
-    if (realpath(path, real)) {
-        for (int i = 0; i < a->p.n_adapter_roots; i++) {
-            const char *r = a->p.adapter_roots[i];
-            if (!r || !realpath(r, root))
-                continue;
-            size_t n = strlen(root);
-            if (n == 1 || (strncmp(real, root, n) == 0 && (real[n] == '\0' || real[n] == '/')))
-                return true;
-        }
+    for (int i = 0; i < a->p.n_adapter_roots; i++) {
+        const char *r = a->p.adapter_roots[i];
+        if (!r || !realpath(r, root))
+            continue;
+        size_t n = strlen(root);
+        if (n == 1 || (strncmp(real, root, n) == 0 && (real[n] == '\0' || real[n] == '/')))
+            return true;
     }
+    return false;
+}
+
+/* The folder and both files it holds resolve (symlinks followed) inside a root: a link
+ * inside a root (the Hugging Face cache layout) is fine, one that leads out is not. */
+static bool path_confined(api_t *a, const char *path, char real[PATH_MAX], api_fail_t *f)
+{
+    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors"};
+    char file[PATH_MAX + 64], freal[PATH_MAX];
+    bool ok = realpath(path, real) && inside_roots(a, real);
+    for (size_t i = 0; ok && i < sizeof files / sizeof files[0]; i++) {
+        snprintf(file, sizeof file, "%s/%s", real, files[i]);
+        ok = !realpath(file, freal) || inside_roots(a, freal); /* missing: the import says so */
+    }
+    if (ok)
+        return true;
     return api__fail(f, 400, "invalid_path",
                      "`lora_path` must be an existing folder inside one of the "
-                     "--adapter-roots folders");
+                     "--adapter-roots folders, and its files must be inside one too");
 }
 
 /* A required string field without NUL bytes. OUT: *s borrowed. */

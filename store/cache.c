@@ -536,6 +536,7 @@ void store_runtime(store_t *s, int64_t id, store_runtime_t *rt)
         return;
     rt->resident = e->state == SE_READY;
     rt->loading = e->state == SE_LOADING || e->state == SE_QUEUED;
+    rt->broken = e->state == SE_BROKEN;
     if (rt->resident)
         rt->n_users = __atomic_load_n(&e->lora->refcount, __ATOMIC_ACQUIRE) - 1;
 }

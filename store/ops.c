@@ -626,10 +626,10 @@ void store_alias_delete(store_t *s, const char *alias, store_done_fn cb, void *u
 void store_pin(store_t *s, const char *spec, bool pin, store_done_fn cb, void *user)
 {
     core_err_t err = {{0}};
-    store_adapter_t row;
+    store_adapter_t row = {0};
     rc_t rc = store__resolve(s, spec, &row, &err);
     store_entry_t *e = rc == RC_OK ? store__cache_find(s, row.id) : NULL;
-    bool already = e ? e->pinned : row.pinned;
+    bool already = rc == RC_OK && (e ? e->pinned : row.pinned);
     if (rc == RC_OK && pin && !already &&
         store__cache_pinned_bytes(s) + (uint64_t)row.mem_bytes > s->p.cache_budget_bytes)
         rc = core_err(&err, RC_LIMIT,
