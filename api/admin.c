@@ -110,10 +110,13 @@ json_t *api__adapter_json(api_t *a, const store_adapter_t *r)
         r->config_sha256, "size_bytes", (json_int_t)r->size, "memory_bytes",
         (json_int_t)r->mem_bytes, "created", (json_int_t)r->created, "last_used",
         r->last_used ? json_integer(r->last_used) : json_null(), "requests",
-        (json_int_t)r->n_requests, "pinned", r->pinned, "state", store_state_str(rt.broken ? STORE_STATE_BROKEN : r->state),
-        "resident", rt.resident, "loading", rt.loading, "in_use", rt.n_users);
-    if (o && r->state == STORE_STATE_BROKEN)
-        json_object_set_new(o, "reason", api__json_text(r->reason, strlen(r->reason)));
+        (json_int_t)r->n_requests, "pinned", r->pinned, "state",
+        store_state_str(rt.broken ? STORE_STATE_BROKEN : r->state), "resident", rt.resident,
+        "loading", rt.loading, "in_use", rt.n_users);
+    /* A load that just found it broken knows before the index does. */
+    const char *why = r->state == STORE_STATE_BROKEN ? r->reason : rt.broken ? rt.reason : NULL;
+    if (o && why)
+        json_object_set_new(o, "reason", api__json_text(why, strlen(why)));
     return o;
 }
 

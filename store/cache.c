@@ -537,6 +537,8 @@ void store_runtime(store_t *s, int64_t id, store_runtime_t *rt)
     rt->resident = e->state == SE_READY;
     rt->loading = e->state == SE_LOADING || e->state == SE_QUEUED;
     rt->broken = e->state == SE_BROKEN;
+    if (rt->broken)
+        snprintf(rt->reason, sizeof rt->reason, "%.255s", e->fail_msg);
     if (rt->resident)
         rt->n_users = __atomic_load_n(&e->lora->refcount, __ATOMIC_ACQUIRE) - 1;
 }

@@ -140,6 +140,7 @@ typedef struct {
     bool loading;     /* a load is running or waiting for room */
     int n_users;      /* references held besides the cache's (0 when not resident) */
     bool broken;      /* a load found it broken (the index says so shortly after) */
+    char reason[256]; /* why, when broken */
 } store_runtime_t;
 
 const char *store_state_str(store_state_t st); /* "ready", "broken", "deleted" */

@@ -806,9 +806,9 @@ def t_vllm_file_symlinks(d, S):
     st, _, b = call(d, "POST", load, {"lora_name": "plink", "lora_path":
                                       os.path.join(VROOT, "passwd-link")})
     with open("/etc/passwd") as f:
-        first = f.read(64).split(":")[0]
+        first = f.readline().strip()[:24]  # e.g. "root:x:0:0:root:/root:/b"
     msg = b["error"]["message"] if isinstance(b, dict) and "error" in b else str(b)
-    if st == 200 or (first and first in msg):
+    if st == 200 or (first and first in msg) or "expected near" in msg:
         fails.append("adapter_config.json -> /etc/passwd: %d, the message shows the file's "
                      "text (%r): %r" % (st, first, msg))
     assert not fails, "\n".join(fails)
