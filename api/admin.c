@@ -81,20 +81,6 @@ void api__change_started(api_t *a, api_change_t *c, api_job_t **job)
 
 /* ---- JSON of rows ---------------------------------------------------------------------- */
 
-/* "q_proj,v_proj" -> ["q_proj", "v_proj"] (new reference). */
-static json_t *targets_json(const char *csv)
-{
-    json_t *arr = json_array();
-    const char *p = csv;
-    while (arr && *p) {
-        size_t n = strcspn(p, ",");
-        if (n)
-            json_array_append_new(arr, json_stringn(p, n));
-        p += n + (p[n] == ',');
-    }
-    return arr;
-}
-
 json_t *api__adapter_json(api_t *a, const store_adapter_t *r)
 {
     store_runtime_t rt = {0};
@@ -105,7 +91,7 @@ json_t *api__adapter_json(api_t *a, const store_adapter_t *r)
     json_t *o = json_pack(
         "{s:s,s:s,s:s,s:i,s:s,s:i,s:f,s:o,s:s,s:s,s:s,s:I,s:I,s:I,s:o,s:I,s:b,s:s,s:b,s:b,s:i}",
         "object", "adapter", "id", id, "name", r->name, "version", r->version, "kind", r->kind,
-        "rank", r->rank, "alpha", r->alpha, "target_modules", targets_json(r->targets),
+        "rank", r->rank, "alpha", r->alpha, "target_modules", api__csv_json(r->targets),
         "base_fingerprint", r->base_fingerprint, "sha256", r->sha256, "config_sha256",
         r->config_sha256, "size_bytes", (json_int_t)r->size, "memory_bytes",
         (json_int_t)r->mem_bytes, "created", (json_int_t)r->created, "last_used",

@@ -302,3 +302,16 @@ uint64_t api__rand(api_t *a)
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
+
+json_t *api__csv_json(const char *csv)
+{
+    json_t *arr = json_array();
+    const char *p = csv;
+    while (arr && *p) {
+        size_t n = strcspn(p, ",");
+        if (n)
+            json_array_append_new(arr, json_stringn(p, n));
+        p += n + (p[n] == ',');
+    }
+    return arr;
+}

@@ -61,6 +61,9 @@ char *api__dump(const json_t *v, size_t *len);
 /* A JSON string of len bytes; invalid UTF-8 sequences become U+FFFD. New reference. */
 json_t *api__json_text(const char *s, size_t len);
 
+/* "q_proj,v_proj" -> ["q_proj", "v_proj"] (new reference; empty items skipped). */
+json_t *api__csv_json(const char *csv);
+
 /* "an object", "a string", ... for messages about a value of the wrong type. */
 const char *api__type_name(const json_t *v);
 

@@ -13,26 +13,12 @@ void api__h_healthz(api_t *a, const api_request_t *req, api_sink_t *sink, api_jo
     api__send_json(sink, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-/* "q_proj,v_proj" -> ["q_proj", "v_proj"] (new reference). */
-static json_t *targets_json(const char *csv)
-{
-    json_t *arr = json_array();
-    const char *p = csv;
-    while (arr && *p) {
-        size_t n = strcspn(p, ",");
-        if (n)
-            json_array_append_new(arr, json_stringn(p, n));
-        p += n + (p[n] == ',');
-    }
-    return arr;
-}
-
 static json_t *adapter_entry(const api_t *a, const store_adapter_t *r)
 {
     return json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:i,s:i,s:f,s:o}", "id", r->name, "object", "model",
                      "created", (json_int_t)r->created, "owned_by", "adapterd", "root", r->name,
                      "parent", a->model_name, "version", r->version, "rank", r->rank, "alpha",
-                     r->alpha, "targets", targets_json(r->targets));
+                     r->alpha, "targets", api__csv_json(r->targets));
 }
 
 void api__h_models(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)

@@ -535,19 +535,28 @@ rc_t store_aliases(store_t *s, store_alias_t **rows, size_t *n, core_err_t *err)
 
 /* ---- writer (callers hold wmu) ---- */
 
+/* Prepare sql on the writer and bind the arguments (see idx_bind). */
+static rc_t w_prepare(store_t *s, const char *sql, const char *types, va_list ap,
+                      sqlite3_stmt **st, core_err_t *err)
+{
+    if (sqlite3_prepare_v2(s->wdb, sql, -1, st, NULL) != SQLITE_OK)
+        return idx_err(s->wdb, err, "prepare");
+    idx_bind(*st, types, ap);
+    return RC_OK;
+}
+
 /* One row through the writer (inside its transaction). RC_NOT_FOUND when none. */
 static rc_t w_row(store_t *s, const char *sql, const char *types, store_adapter_t *row,
                   core_err_t *err, ...)
 {
     sqlite3_stmt *st = NULL;
     va_list ap;
-    if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
-        return idx_err(s->wdb, err, "prepare");
     va_start(ap, err);
-    idx_bind(st, types, ap);
+    rc_t rc = w_prepare(s, sql, types, ap, &st, err);
     va_end(ap);
+    if (rc != RC_OK)
+        return rc;
     int r = sqlite3_step(st);
-    rc_t rc = RC_OK;
     if (r == SQLITE_ROW)
         idx_row_read(st, row);
     else if (r == SQLITE_DONE)
@@ -565,11 +574,11 @@ static rc_t w_int(store_t *s, const char *sql, const char *types, int64_t *out,
     sqlite3_stmt *st = NULL;
     va_list ap;
     *out = 0;
-    if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
-        return idx_err(s->wdb, err, "prepare");
     va_start(ap, err);
-    idx_bind(st, types, ap);
+    rc_t rc = w_prepare(s, sql, types, ap, &st, err);
     va_end(ap);
+    if (rc != RC_OK)
+        return rc;
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW)
         *out = sqlite3_column_int64(st, 0);
