@@ -91,9 +91,18 @@ clean:
 # machine). bench-data/ holds the synthetic bench model (~800 MB) and 32 rank-16 adapters,
 # generated once by tools/make_bench_model.py; bench_batch measures heterogeneous batched
 # decode against the memory bandwidth, bench_decode single-stream decode and prefill.
+# The store benchmarks add BF16 adapters of rank 8/16/64 and 1,000 small rank-8 ones
+# (--store-adapters --zipf-adapters 1000, ~0.7 GB once): bench_store_load measures cold
+# loads through the store against a plain read() and the event-loop lag meanwhile (a fresh
+# store in bench-data/tmp-store); bench_zipf runs Zipf-distributed requests over the 1,000
+# with a 64-adapter cache against all resident (store kept in bench-data/zipf-store; the
+# bench model has no tokenizer, so the default model's Llama-2 one detokenizes).
 bench: all default-data
 	@echo "# default model (data/model, the make run model): single-stream decode"
 	$(BUILD)/tests/bench_decode data/model data/adapters/demo-b 128
 	@/usr/bin/python3 tools/make_bench_model.py bench-data
 	$(BUILD)/tests/bench_batch bench-data 32 3
 	$(BUILD)/tests/bench_decode bench-data/model bench-data/adapters/a00 64
+	@/usr/bin/python3 tools/make_bench_model.py bench-data --store-adapters --zipf-adapters 1000
+	$(BUILD)/tests/bench_store_load bench-data 100
+	$(BUILD)/tests/bench_zipf bench-data data/model/tokenizer.json 16 400 100

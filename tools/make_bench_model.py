@@ -1,4 +1,5 @@
-"""make_bench_model.py OUT_DIR - the synthetic model and adapters that `make bench` measures.
+"""make_bench_model.py OUT_DIR [--store-adapters] [--zipf-adapters N]
+The synthetic model and adapters that `make bench` measures.
 
 Creates, once and deterministically (fixed seeds):
   OUT_DIR/model/           a Llama in HF format: hidden 1024, intermediate 2816, 12 layers,
@@ -6,6 +7,12 @@ Creates, once and deterministically (fixed seeds):
                            tokenizer: the benchmark feeds token ids directly.
   OUT_DIR/adapters/aNN/    32 PEFT LoRA adapters (a00..a31), rank 16, alpha 32, on all seven
                            projections of every layer (~14 MB each).
+With --store-adapters, also (for tests/tools/bench_store_load.c):
+  OUT_DIR/store-adapters/rR-{a,b}/  two adapters per rank R in 8, 16, 64, alpha 2R, on all
+                           seven projections, BF16 as PEFT saves them (~3, 6, 25 MB each).
+With --zipf-adapters N, also (for tests/tools/bench_zipf.c):
+  OUT_DIR/zipf-adapters/zNNNN/  N adapters z0000.., rank 8, alpha 16, on q_proj and v_proj,
+                           BF16, each from its own seed (~0.6 MB each).
 Anything that already exists is left alone. Each folder is written under a temporary name
 and renamed, so an interrupted run never leaves a half-written folder that later runs would
 take as done. Uses tools/hf_fixtures.py's writers (numpy only).
@@ -38,6 +45,8 @@ MODEL_SEED = 20240701
 N_ADAPTERS = 32
 RANK = 16
 ALPHA = 32
+STORE_RANKS = (8, 16, 64)
+ZIPF_RANK = 8
 
 
 def build(final, make):
@@ -54,11 +63,54 @@ def build(final, make):
     return True
 
 
+def make_store_adapters(out, cfg):
+    """Two BF16 adapters per rank of STORE_RANKS; returns how many were made."""
+    made = 0
+    for ri, r in enumerate(STORE_RANKS):
+        for k, tag in enumerate("ab"):
+            d = os.path.join(out, "store-adapters", "r%d-%s" % (r, tag))
+            made += build(d, lambda t, r=r, seed=5000 + 10 * ri + k: hf.make_lora(
+                t, cfg, seed=seed, r=r, alpha=2 * r, targets=hf.MODULES, dtype="BF16",
+                strength=0.3, base_name=CONFIG["_name_or_path"]))
+    return made
+
+
+def make_zipf_adapters(out, cfg, n):
+    """n small BF16 adapters (rank 8, q_proj and v_proj), each with its own contents."""
+    made = 0
+    for i in range(n):
+        d = os.path.join(out, "zipf-adapters", "z%04d" % i)
+        made += build(d, lambda t, i=i: hf.make_lora(
+            t, cfg, seed=100000 + i, r=ZIPF_RANK, alpha=2 * ZIPF_RANK,
+            targets=("q_proj", "v_proj"), dtype="BF16", strength=0.3,
+            base_name=CONFIG["_name_or_path"]))
+    return made
+
+
+def parse_args(argv):
+    """-> (out, store_adapters, n_zipf) or None for a usage error."""
+    if len(argv) < 2 or argv[1].startswith("-"):
+        return None
+    out, store, n_zipf, i = argv[1], False, 0, 2
+    while i < len(argv):
+        if argv[i] == "--store-adapters":
+            store = True
+        elif argv[i] == "--zipf-adapters" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            n_zipf = int(argv[i + 1])
+            i += 1
+        else:
+            return None
+        i += 1
+    return out, store, n_zipf
+
+
 def main():
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: make_bench_model.py OUT_DIR\n")
+    args = parse_args(sys.argv)
+    if args is None:
+        sys.stderr.write("usage: make_bench_model.py OUT_DIR [--store-adapters] "
+                         "[--zipf-adapters N]\n")
         return 2
-    out = sys.argv[1]
+    out, store, n_zipf = args
     os.makedirs(os.path.join(out, "adapters"), exist_ok=True)
     t0 = time.time()
     model_dir = os.path.join(out, "model")
@@ -73,6 +125,18 @@ def main():
             strength=0.3, base_name=CONFIG["_name_or_path"]))
     if made:
         print("made:   %d adapters under %s/adapters (%.0f s total)" % (made, out, time.time() - t0))
+    if store:
+        os.makedirs(os.path.join(out, "store-adapters"), exist_ok=True)
+        made = make_store_adapters(out, cfg)
+        if made:
+            print("made:   %d adapters under %s/store-adapters (%.0f s total)"
+                  % (made, out, time.time() - t0))
+    if n_zipf:
+        os.makedirs(os.path.join(out, "zipf-adapters"), exist_ok=True)
+        made = make_zipf_adapters(out, cfg, n_zipf)
+        if made:
+            print("made:   %d adapters under %s/zipf-adapters (%.0f s total)"
+                  % (made, out, time.time() - t0))
     return 0
 
 

@@ -78,8 +78,11 @@ static void admin_init(fx_t *f, const char *test, admin_opts_t o)
 
 static void admin_close(fx_t *f)
 {
+    char cmd[400];
     q_run();
     fx_close(f);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->root);
+    ASSERT_EQ(system(cmd), 0);
 }
 
 static void resp_init(resp_t *r)
