@@ -38,6 +38,8 @@ $(BUILD)/core/kernel_avx2.o: ALLCFLAGS += -mavx2 -mfma
 $(BUILD)/core/attention_avx2.o: ALLCFLAGS += -mavx2 -mfma
 # SHA-256 compression with the x86 SHA extensions; core/sha256.c checks the CPU first.
 $(BUILD)/core/sha256_ni.o: ALLCFLAGS += -msha -msse4.1 -mssse3
+# Adapter loads convert and check tens of MB: let -O2 vectorise those plain loops.
+$(BUILD)/core/safetensors.o $(BUILD)/core/lora.o: ALLCFLAGS += -fvect-cost-model=cheap
 
 # llhttp's C sources come from Debian's node-llhttp package; they are not ours, so
 # they build without our warning flags.

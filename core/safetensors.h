@@ -14,6 +14,7 @@
 #ifndef CORE_SAFETENSORS_H
 #define CORE_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,6 +67,10 @@ const core_st_tensor_t *core_st_find(const core_st_t *st, const char *name);
 
 /* Convert t to f32 into dst (t->n_elems floats). RC_UNSUPPORTED for CORE_DTYPE_OTHER. */
 rc_t core_st_to_f32(const core_st_tensor_t *t, float *dst, core_err_t *err);
+
+/* core_st_to_f32 in one pass that also says whether every value is finite (no inf or
+ * NaN). OUT: *finite. */
+rc_t core_st_to_f32_check(const core_st_tensor_t *t, float *dst, bool *finite, core_err_t *err);
 
 /* Drop the file pages that lie wholly inside t's bytes from this process's resident set
  * (madvise MADV_DONTNEED on the read-only mapping). t stays readable - the kernel reads

@@ -21,9 +21,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "store/store_int.h"
+
+#define STORE_LOAD_NICE 10
 
 struct store_wait {
     struct store_wait *next;
@@ -81,6 +86,37 @@ static store_entry_t *cache_add(store_t *s, const store_adapter_t *row)
     return e;
 }
 
+/* Dropping the cache's reference may free tens of MB (munmap takes milliseconds), so
+ * the release runs on the executor, off the loop thread. */
+typedef struct {
+    store_task_t t;
+    store_t *s;
+    core_lora_t *lora;
+} cache_release_t;
+
+static void release_work(store_task_t *t)
+{
+    core_lora_release(((cache_release_t *)t)->lora);
+}
+
+static void release_done(store_task_t *t)
+{
+    cache_release_t *r = (cache_release_t *)t;
+    store__task_end(r->s);
+    free(r);
+}
+
+static void cache_release_lora(store_t *s, core_lora_t *lora)
+{
+    cache_release_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        core_lora_release(lora);
+        return;
+    }
+    *r = (cache_release_t){.t = {release_work, release_done}, .s = s, .lora = lora};
+    store__task_submit(s, &r->t);
+}
+
 static void cache_remove(store_t *s, store_entry_t *e)
 {
     for (store_entry_t **p = &s->entries; *p; p = &(*p)->next) {
@@ -90,7 +126,7 @@ static void cache_remove(store_t *s, store_entry_t *e)
         }
     }
     if (e->lora)
-        core_lora_release(e->lora);
+        cache_release_lora(s, e->lora);
     free(e);
 }
 
@@ -231,15 +267,27 @@ static void cache_fail_waits(store_t *s, int64_t id, rc_t rc, const core_err_t *
 
 /* ---- loads ---- */
 
+/* Loads are background work: on a machine with few cores the loop thread (and the
+ * engine) must win the CPU over a hash and a conversion running at once, so the pool
+ * thread that loads lowers its own priority (Linux: per thread; the hash thread it starts
+ * inherits it). Once per thread. */
+static void load_nice(void)
+{
+    static _Thread_local bool done;
+    if (done)
+        return;
+    done = true;
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), STORE_LOAD_NICE);
+}
+
 static void load_work(store_task_t *t)
 {
     cache_load_t *l = (cache_load_t *)t;
-    uint64_t t0 = store__now_ms();
     struct timespec a, b;
+    load_nice();
     clock_gettime(CLOCK_MONOTONIC, &a);
     l->rc = store__load_verified(l->s, &l->row, &l->lora, &l->err);
     clock_gettime(CLOCK_MONOTONIC, &b);
-    (void)t0;
     l->ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
 }
 
@@ -566,6 +614,11 @@ void store__cache_close(store_t *s)
         wait_release(w);
         free(w);
     }
-    while (s->entries)
-        cache_remove(s, s->entries);
+    while (s->entries) {
+        store_entry_t *e = s->entries;
+        s->entries = e->next;
+        if (e->lora)
+            core_lora_release(e->lora);
+        free(e);
+    }
 }

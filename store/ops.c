@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -171,12 +172,42 @@ static rc_t ops_verify_parse(store_t *s, const store_adapter_t *row, const uint8
     return rc;
 }
 
+/* Map a blob read-only (blobs are immutable: written once, replaced only by rename), so
+ * the hash and the parser read the page cache directly instead of a copy. */
+static rc_t ops_map_blob(const char *path, int64_t size, const uint8_t **out, core_err_t *err)
+{
+    struct stat sb;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    *out = NULL;
+    if (fd < 0)
+        return core_err(err, errno == ENOENT ? RC_NOT_FOUND : RC_IO, "%s: %s", path,
+                        strerror(errno));
+    rc_t rc = RC_OK;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+        rc = core_err(err, RC_IO, "%s: not a regular file", path);
+    else if ((int64_t)sb.st_size != size)
+        rc = core_err(err, RC_MISMATCH, "weights blob is %lld bytes, the index says %lld",
+                      (long long)sb.st_size, (long long)size);
+    else if (size == 0)
+        rc = core_err(err, RC_MISMATCH, "weights blob is empty");
+    if (rc == RC_OK) {
+        void *m = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+        if (m == MAP_FAILED)
+            rc = core_err(err, RC_IO, "%s: mmap: %s", path, strerror(errno));
+        else
+            *out = m;
+    }
+    close(fd);
+    return rc;
+}
+
 rc_t store__load_verified(store_t *s, const store_adapter_t *row, core_lora_t **out,
                           core_err_t *err)
 {
     char cpath[PATH_MAX + 80], wpath[PATH_MAX + 80];
-    uint8_t *cfg = NULL, *wts = NULL;
-    size_t cfg_len = 0, wts_len = 0;
+    uint8_t *cfg = NULL;
+    const uint8_t *wts = NULL;
+    size_t cfg_len = 0;
     *out = NULL;
     if (!store__blob_path(s->data_dir, row->config_sha256, cpath, sizeof cpath) ||
         !store__blob_path(s->data_dir, row->sha256, wpath, sizeof wpath))
@@ -184,16 +215,12 @@ rc_t store__load_verified(store_t *s, const store_adapter_t *row, core_lora_t **
                         row->version);
     rc_t rc = ops_read_file(cpath, STORE_CONFIG_MAX, &cfg, &cfg_len, err);
     if (rc == RC_OK)
-        rc = ops_read_file(wpath, (uint64_t)row->size, &wts, &wts_len, err);
-    if (rc == RC_OK && (int64_t)wts_len != row->size)
-        rc = core_err(err, RC_MISMATCH, "weights blob is %zu bytes, the index says %lld",
-                      wts_len, (long long)row->size);
-    if (rc == RC_LIMIT) /* bigger than the index says: the blob changed */
-        rc = RC_MISMATCH;
+        rc = ops_map_blob(wpath, row->size, &wts, err);
     if (rc == RC_OK)
-        rc = ops_verify_parse(s, row, cfg, cfg_len, wts, wts_len, out, err);
+        rc = ops_verify_parse(s, row, cfg, cfg_len, wts, (size_t)row->size, out, err);
     free(cfg);
-    free(wts);
+    if (wts)
+        munmap((void *)wts, (size_t)row->size);
     return rc;
 }
 
