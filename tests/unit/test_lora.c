@@ -474,6 +474,15 @@ TEST(nan_and_inf_refused)
     load_fails("inf16", CFG(""), &f, RC_INVALID, "model.layers.0.self_attn.q_proj.lora_A.weight",
                "finite");
     fx_free(&f);
+    /* bf16 goes through the fused convert-and-check pass: inf and NaN, first and last. */
+    const uint16_t bad_bf16[] = {0x7f80, 0xff80, 0x7fc1};
+    for (size_t k = 0; k < sizeof bad_bf16 / sizeof bad_bf16[0]; k++) {
+        fx_pair_ex(&f, "", "BF16", 0, CORE_MOD_Q, 2);
+        memcpy(f.bufs[1] + (k == 2 ? 0 : 2 * 15), &bad_bf16[k], 2);
+        load_fails("badbf16", CFG(""), &f, RC_INVALID,
+                   "model.layers.0.self_attn.q_proj.lora_B.weight", "finite");
+        fx_free(&f);
+    }
 }
 
 TEST(missing_b_refused)
