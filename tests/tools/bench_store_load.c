@@ -30,6 +30,7 @@
 #include "core/lora.h"
 #include "core/model.h"
 #include "store/store.h"
+#include "tests/tools/uv_exec.h"
 
 #define N_RANKS 3
 #define N_SKIP 2
@@ -69,35 +70,6 @@ static void bench_line(const char *name, double v, const char *unit)
     fflush(stdout);
 }
 
-/* ---- the executor: store tasks on libuv's thread pool --------------------------------- */
-
-typedef struct {
-    uv_work_t req; /* first: the callbacks get &req */
-    store_task_t *task;
-} work_t;
-
-static void on_work(uv_work_t *req)
-{
-    ((work_t *)req)->task->work(((work_t *)req)->task);
-}
-
-static void on_work_done(uv_work_t *req, int status)
-{
-    store_task_t *t = ((work_t *)req)->task;
-    (void)status; /* nothing calls uv_cancel */
-    free(req);
-    t->done(t);
-}
-
-static void exec_submit(void *ctx, store_task_t *t)
-{
-    work_t *w = malloc(sizeof *w);
-    if (!w)
-        die("out of memory", NULL);
-    w->task = t;
-    if (uv_queue_work(ctx, &w->req, on_work, on_work_done) != 0)
-        die("uv_queue_work", NULL);
-}
 
 /* ---- event-loop lag ----------------------------------------------------------------- */
 
@@ -186,7 +158,7 @@ static store_t *store_open_rank(const char *dir, const core_model_t *m, uint64_t
     sp.cache_budget_bytes = budget;
     sp.gc_interval_ms = 0;
     sp.lock = true;
-    sp.exec = (store_exec_t){.ctx = loop, .submit = loop ? exec_submit : NULL};
+    sp.exec = (store_exec_t){.ctx = loop, .submit = loop ? uvx_submit : NULL};
     if (store_open(&sp, &s, &err) != RC_OK)
         die(dir, &err);
     return s;

@@ -34,6 +34,7 @@
 #include "core/model.h"
 #include "core/tokenizer.h"
 #include "store/store.h"
+#include "tests/tools/uv_exec.h"
 
 #define N_ADAPTERS 1000
 #define ZIPF_S 1.1
@@ -73,35 +74,6 @@ static double rng_unit(uint64_t *x)
     return (double)(rng_next(x) >> 11) / 9007199254740992.0; /* [0, 1) */
 }
 
-/* ---- the executor: store tasks on libuv's thread pool --------------------------------- */
-
-typedef struct {
-    uv_work_t req; /* first: the callbacks get &req */
-    store_task_t *task;
-} work_t;
-
-static void on_work(uv_work_t *req)
-{
-    ((work_t *)req)->task->work(((work_t *)req)->task);
-}
-
-static void on_work_done(uv_work_t *req, int status)
-{
-    store_task_t *t = ((work_t *)req)->task;
-    (void)status; /* nothing calls uv_cancel */
-    free(req);
-    t->done(t);
-}
-
-static void exec_submit(void *ctx, store_task_t *t)
-{
-    work_t *w = malloc(sizeof *w);
-    if (!w)
-        die("out of memory", NULL);
-    w->task = t;
-    if (uv_queue_work(ctx, &w->req, on_work, on_work_done) != 0)
-        die("uv_queue_work", NULL);
-}
 
 /* ---- requests ------------------------------------------------------------------------ */
 
@@ -296,7 +268,7 @@ static store_t *store_open_at(const char *dir, const core_model_t *m, uint64_t b
         sp.cache_budget_bytes = budget;
     sp.gc_interval_ms = 0;
     sp.lock = true;
-    sp.exec = (store_exec_t){.ctx = loop, .submit = loop ? exec_submit : NULL};
+    sp.exec = (store_exec_t){.ctx = loop, .submit = loop ? uvx_submit : NULL};
     if (store_open(&sp, &s, &err) != RC_OK)
         die(dir, &err);
     return s;
