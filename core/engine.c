@@ -35,7 +35,8 @@ typedef struct seq {
     int n_tokens, cap;
     int n_prompt, n_gen, n_fed; /* n_fed: tokens already in the KV cache */
     int max_tokens;
-    bool ignore_eos, want_logits;
+    bool ignore_eos, want_logits, want_prompt_logits;
+    int plog_sent;     /* prompt positions whose logits were sent (PROMPT events) */
     core_aset_t *aset; /* retained; NULL = base */
     char *group_name;  /* copied at submit */
     group_t *grp;      /* engine thread: resolved at intake */
@@ -69,6 +70,7 @@ typedef struct {
     core_fwd_item_t item;
     seq_t *seq;
     int order; /* planning order: the tie-break that keeps sorting stable */
+    int fed0;  /* the sequence's n_fed when planned (the chunk's first position) */
 } slot_t;
 
 struct core_engine {
@@ -80,6 +82,7 @@ struct core_engine {
     core_fwd_t *fwd;
     core_kv_pool_t *pool;
     float *logits;          /* max_seqs * n_vocab */
+    float *plogits;         /* CORE_PROMPT_LOGITS_ROWS * n_vocab, made on first use */
     slot_t *slots;          /* max_seqs */
     core_fwd_item_t *items; /* max_seqs: the slots' items in batch order */
     seq_t **cand;           /* max_seqs: scratch for ordering prompt chunks */
@@ -175,6 +178,7 @@ static seq_t *seq_new(const core_request_t *r)
     s->max_tokens = r->max_tokens;
     s->ignore_eos = r->ignore_eos;
     s->want_logits = r->want_logits;
+    s->want_prompt_logits = r->want_prompt_logits;
     s->sampling = r->sampling;
     s->on_event = r->on_event;
     s->user = r->user;
@@ -448,7 +452,7 @@ static void intake(core_engine_t *e, seq_t *list)
             seq_emit_error(s, RC_NOMEM, "out of memory starting the sequence");
             group_gc(e, s->grp);
             seq_free(s);
-        } else if (s->max_tokens == 0) {
+        } else if (s->max_tokens == 0 && !(s->want_prompt_logits && s->n_prompt > 1)) {
             seq_emit_done(s, CORE_FINISH_LENGTH, "", 0);
             group_gc(e, s->grp);
             seq_free(s);
@@ -618,6 +622,14 @@ static void slot_add(core_engine_t *e, int n, seq_t *s, int n_tokens)
     sl->item.aset = s->aset;
     sl->seq = s;
     sl->order = n;
+    sl->fed0 = s->n_fed;
+}
+
+/* Whether this chunk of s must return the logits of every row (prompt logits not yet
+ * sent lie in it). */
+static bool seq_wants_rows(const seq_t *s)
+{
+    return s->want_prompt_logits && s->plog_sent < s->n_prompt - 1 && s->n_fed < s->n_prompt - 1;
 }
 
 /* Prompt chunks go to the group prefilled least recently first (round robin between
@@ -641,6 +653,15 @@ static int chunk_fit(const core_engine_t *e, const seq_t *s, int take)
     return take - (need - n_free) * e->block_tokens;
 }
 
+/* The prompt-logits buffer, made the first time a request wants it (most never do). */
+static bool plogits_ready(core_engine_t *e)
+{
+    if (!e->plogits)
+        e->plogits = malloc((size_t)CORE_PROMPT_LOGITS_ROWS * (size_t)e->model->cfg.n_vocab *
+                            sizeof *e->plogits);
+    return e->plogits != NULL;
+}
+
 /* Add prompt chunks after the n slots already planned, within budget rows. */
 static int plan_prefills(core_engine_t *e, int n, int budget)
 {
@@ -649,13 +670,20 @@ static int plan_prefills(core_engine_t *e, int n, int budget)
         if (s->n_tokens - s->n_fed > 1)
             e->cand[n_cand++] = s;
     qsort(e->cand, (size_t)n_cand, sizeof *e->cand, cand_cmp);
+    bool rows_taken = false; /* one all-rows chunk per step: it uses e->plogits */
     for (int i = 0; i < n_cand && budget > 0; i++) {
         seq_t *s = e->cand[i];
         int todo = s->n_tokens - s->n_fed;
+        if (seq_wants_rows(s)) {
+            if (rows_taken || !plogits_ready(e))
+                continue;
+            todo = todo < CORE_PROMPT_LOGITS_ROWS ? todo : CORE_PROMPT_LOGITS_ROWS;
+        }
         int take = chunk_fit(e, s, todo < budget ? todo : budget);
         if (take <= 0 || core_kv_reserve(s->kv, take) != RC_OK)
             continue; /* no blocks for it this step: it waits */
         s->grp->last_prefill = e->n_steps + 1;
+        rows_taken |= seq_wants_rows(s);
         slot_add(e, n++, s, take);
         budget -= take;
     }
@@ -695,8 +723,12 @@ static void order_batch(core_engine_t *e, int n)
 {
     qsort(e->slots, (size_t)n, sizeof *e->slots, slot_cmp);
     for (int i = 0; i < n; i++) {
-        e->slots[i].item.logits = e->logits + (size_t)i * (size_t)e->model->cfg.n_vocab;
-        e->items[i] = e->slots[i].item;
+        slot_t *sl = &e->slots[i];
+        sl->item.all_logits = seq_wants_rows(sl->seq);
+        sl->item.logits = sl->item.all_logits
+                              ? e->plogits
+                              : e->logits + (size_t)i * (size_t)e->model->cfg.n_vocab;
+        e->items[i] = sl->item;
     }
 }
 
@@ -727,6 +759,22 @@ static int plan_step(core_engine_t *e)
 
 /* ---- running a step ------------------------------------------------------------------- */
 
+/* The rows of an all-logits chunk that are prompt positions not sent yet (a recomputed
+ * chunk after a preemption sends nothing twice). */
+static void seq_emit_prompt_rows(core_engine_t *e, seq_t *s, int fed0, const core_fwd_item_t *it)
+{
+    int lo = fed0 > s->plog_sent ? fed0 : s->plog_sent;
+    int end = fed0 + it->n_tokens;
+    int hi = end < s->n_prompt - 1 ? end : s->n_prompt - 1;
+    if (hi <= lo)
+        return;
+    size_t vocab = (size_t)e->model->cfg.n_vocab;
+    core_event_t ev = {.kind = CORE_EV_PROMPT, .text = "", .pos0 = lo, .n_rows = hi - lo,
+                       .logits = it->logits + (size_t)(lo - fed0) * vocab, .n_vocab = (int)vocab};
+    seq_emit(s, &ev);
+    s->plog_sent = hi;
+}
+
 static void run_step(core_engine_t *e, int n)
 {
     core_err_t err = {{0}};
@@ -741,10 +789,20 @@ static void run_step(core_engine_t *e, int n)
         }
         e->n_rows += (uint64_t)e->items[i].n_tokens;
         s->n_fed += e->items[i].n_tokens;
+        const float *last = e->items[i].logits;
+        if (e->items[i].all_logits) {
+            seq_emit_prompt_rows(e, s, e->slots[i].fed0, &e->items[i]);
+            last += (size_t)(e->items[i].n_tokens - 1) * (size_t)e->model->cfg.n_vocab;
+        }
         if (s->n_fed < s->n_tokens)
             continue; /* a prompt chunk: nothing to sample yet */
-        int32_t tok = core_sampler_sample(s->sampler, e->items[i].logits);
-        if (seq_on_token(e, s, tok, e->items[i].logits))
+        if (s->max_tokens == 0) { /* scoring: the prompt was all it wanted */
+            seq_emit_done(s, CORE_FINISH_LENGTH, "", 0);
+            seq_finish(e, s);
+            continue;
+        }
+        int32_t tok = core_sampler_sample(s->sampler, last);
+        if (seq_on_token(e, s, tok, last))
             seq_finish(e, s);
     }
 }
@@ -827,6 +885,7 @@ static void engine_release(core_engine_t *e)
     if (e->pool)
         core_kv_pool_free(e->pool);
     free(e->logits);
+    free(e->plogits);
     free(e->slots);
     free(e->items);
     free(e->cand);

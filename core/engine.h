@@ -26,8 +26,9 @@
 #include "core/tokenizer.h"
 
 #define CORE_MAX_STOP 8
+#define CORE_PROMPT_LOGITS_ROWS 64 /* prompt rows per step for want_prompt_logits */
 
-typedef enum { CORE_EV_TOKEN, CORE_EV_DONE, CORE_EV_ERROR } core_ev_kind_t;
+typedef enum { CORE_EV_TOKEN, CORE_EV_DONE, CORE_EV_ERROR, CORE_EV_PROMPT } core_ev_kind_t;
 typedef enum { CORE_FINISH_STOP, CORE_FINISH_LENGTH, CORE_FINISH_CANCELLED } core_finish_t;
 
 typedef struct {
@@ -40,8 +41,10 @@ typedef struct {
     int n_prompt, n_gen;  /* DONE: usage */
     rc_t rc;              /* ERROR */
     const char *message;  /* ERROR (borrowed) */
-    const float *logits;  /* TOKEN with want_logits: n_vocab floats (borrowed) */
+    const float *logits;  /* TOKEN with want_logits: n_vocab floats (borrowed);
+                           * PROMPT: n_rows * n_vocab floats, row j for position pos0 + j */
     int n_vocab;
+    int pos0, n_rows;     /* PROMPT: row j is the distribution of prompt token pos0 + j + 1 */
 } core_event_t;
 
 typedef void (*core_on_event_fn)(void *user, const core_event_t *ev);
@@ -59,6 +62,11 @@ typedef struct {
      * one group cannot starve another group's (see docs/ARCHITECTURE.md). */
     const char *group;
     bool want_logits;      /* TOKEN events carry the logits the token was sampled from */
+    /* PROMPT events (before any TOKEN) carry the logits at prompt positions 0 .. n_prompt-2,
+     * each the model's distribution of the next prompt token, in order, each row once (also
+     * across preemptions), in pieces of at most CORE_PROMPT_LOGITS_ROWS rows. With
+     * max_tokens 0 the prompt is still run (scoring), then DONE. */
+    bool want_prompt_logits;
     core_on_event_fn on_event;
     void *user;
 } core_request_t;

@@ -108,6 +108,8 @@ typedef struct {
     int n_logits;
     int block_at;    /* > 0: the callback of that token event waits until opened */
     int blocked, open;
+    float *prows;    /* with want_prompt_logits: the PROMPT rows, in position order */
+    int n_prows, n_prompt_events;
 } sink_t;
 
 static void sink_init(sink_t *s)
@@ -120,7 +122,23 @@ static void sink_init(sink_t *s)
 static void sink_free(sink_t *s)
 {
     free(s->logits);
+    free(s->prows);
     s->logits = NULL;
+    s->prows = NULL;
+}
+
+/* PROMPT rows must arrive in order, each position once. */
+static void sink_keep_prompt(sink_t *s, const core_event_t *ev)
+{
+    ASSERT_EQ(ev->n_vocab, VOCAB);
+    ASSERT_EQ(ev->pos0, s->n_prows);
+    ASSERT(ev->n_rows >= 1 && ev->n_rows <= CORE_PROMPT_LOGITS_ROWS);
+    s->prows = realloc(s->prows, (size_t)(s->n_prows + ev->n_rows) * VOCAB * sizeof(float));
+    ASSERT(s->prows != NULL);
+    memcpy(s->prows + (size_t)s->n_prows * VOCAB, ev->logits,
+           (size_t)ev->n_rows * VOCAB * sizeof(float));
+    s->n_prows += ev->n_rows;
+    s->n_prompt_events++;
 }
 
 static void sink_keep_logits(sink_t *s, const core_event_t *ev)
@@ -154,6 +172,12 @@ static void on_event(void *user, const core_event_t *ev)
         memcpy(s->text + s->len, ev->text, ev->text_len);
         s->len += ev->text_len;
         s->text[s->len] = 0;
+    }
+    if (ev->kind == CORE_EV_PROMPT) {
+        ASSERT_EQ(s->n_token_events, 0); /* every PROMPT event comes before any TOKEN */
+        sink_keep_prompt(s, ev);
+        pthread_mutex_unlock(&s->mu);
+        return;
     }
     if (ev->kind == CORE_EV_TOKEN) {
         if (s->n_token_events < 256)
@@ -353,6 +377,64 @@ TEST(max_tokens_zero_finishes_at_once)
     ASSERT_EQ(s.finish, CORE_FINISH_LENGTH);
     ASSERT_EQ(s.n_gen, 0);
     ASSERT_EQ(s.len, 0);
+    teardown();
+}
+
+/* want_prompt_logits: every prompt position's row once, in order, over several chunks,
+ * each equal to the last-token logits of a request whose prompt ends there; with
+ * max_tokens 0 the prompt still runs (scoring). */
+TEST(prompt_logits_rows_match_prefix_runs)
+{
+    setup();
+    char text[2048] = "";
+    for (int i = 0; i < 30; i++)
+        strcat(text, i % 2 ? " the quick brown fox" : " jumps over a lazy dog,");
+    sink_t all;
+    sink_init(&all);
+    core_request_t r = request(text, 0, &all);
+    r.want_prompt_logits = true;
+    int n = r.n_prompt;
+    ASSERT(n > 2 * CORE_PROMPT_LOGITS_ROWS); /* at least three chunks */
+    generate(&r, &all);
+    ASSERT_EQ(all.rc, RC_OK);
+    ASSERT_EQ(all.n_gen, 0);
+    ASSERT_EQ(all.n_prows, n - 1);
+    ASSERT(all.n_prompt_events >= 3);
+    const int probes[] = {0, CORE_PROMPT_LOGITS_ROWS - 1, CORE_PROMPT_LOGITS_ROWS, n / 2, n - 2};
+    for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
+        sink_t one;
+        sink_init(&one);
+        core_request_t q = r;
+        q.n_prompt = probes[k] + 1;
+        q.max_tokens = 1;
+        q.want_prompt_logits = false;
+        q.want_logits = true;
+        q.user = &one;
+        generate(&q, &one);
+        ASSERT_EQ(one.n_logits, 1);
+        double e = row_rel_err(all.prows + (size_t)probes[k] * VOCAB, one.logits);
+        if (e > 1e-5)
+            HARNESS_FAIL("position %d: rel err %g", probes[k], e);
+        sink_free(&one);
+    }
+    /* With tokens to generate too, the rows come first and generation is unchanged. */
+    sink_t gen, plain;
+    sink_init(&gen);
+    sink_init(&plain);
+    core_request_t g = r;
+    g.max_tokens = 5;
+    g.user = &gen;
+    generate(&g, &gen);
+    core_request_t p = g;
+    p.want_prompt_logits = false;
+    p.user = &plain;
+    generate(&p, &plain);
+    ASSERT_EQ(gen.n_prows, n - 1);
+    ASSERT_EQ(gen.n_gen, 5);
+    ASSERT_STREQ(gen.text, plain.text);
+    sink_free(&all);
+    sink_free(&gen);
+    sink_free(&plain);
     teardown();
 }
 
