@@ -19,39 +19,45 @@
 #include <unistd.h>
 
 #include "api/json_util.h"
+#include "api/metrics.h"
 
 typedef struct {
     const char *method;
-    const char *path;   /* the whole path, or what precedes the parameter */
-    const char *suffix; /* NULL: no parameter; else what follows it ("" for nothing) */
+    const char *path;         /* the whole path, or what precedes the parameter */
+    const char *suffix;       /* NULL: no parameter; else what follows it ("" for nothing) */
     api_handler_fn fn;        /* routes without a parameter */
     api_param_handler_fn pfn; /* routes with one */
     bool local_only;          /* only with allow_local_paths */
+    const char *pattern;      /* metrics and log label of routes with a parameter */
 } api_route_t;
 
 #define API_ADAPTERS "/v1/adapters/"
 #define API_ALIASES "/v1/aliases/"
 
 static const api_route_t api_routes[] = {
-    {"POST", "/v1/completions", NULL, api__h_completions, NULL, false},
-    {"GET", "/v1/models", NULL, api__h_models, NULL, false},
-    {"GET", "/healthz", NULL, api__h_healthz, NULL, false},
-    {"POST", "/tokenize", NULL, api__h_tokenize, NULL, false},
-    {"POST", "/detokenize", NULL, api__h_detokenize, NULL, false},
-    {"GET", "/lora-adapters", NULL, api__h_lora_adapters, NULL, false},
-    {"GET", "/v1/adapters", NULL, api__h_adapters_list, NULL, false},
-    {"POST", "/v1/adapters", NULL, api__h_upload, NULL, false},
-    {"GET", API_ADAPTERS, "", NULL, api__hp_adapter_get, false},
-    {"POST", API_ADAPTERS, "", NULL, api__hp_upload, false},
-    {"DELETE", API_ADAPTERS, "", NULL, api__hp_adapter_delete, false},
-    {"POST", API_ADAPTERS, "/pin", NULL, api__hp_adapter_pin, false},
-    {"POST", API_ADAPTERS, "/unpin", NULL, api__hp_adapter_unpin, false},
-    {"GET", "/v1/aliases", NULL, api__h_aliases_list, NULL, false},
-    {"GET", API_ALIASES, "", NULL, api__hp_alias_get, false},
-    {"PUT", API_ALIASES, "", NULL, api__hp_alias_put, false},
-    {"DELETE", API_ALIASES, "", NULL, api__hp_alias_delete, false},
-    {"POST", "/v1/load_lora_adapter", NULL, api__h_vllm_load, NULL, true},
-    {"POST", "/v1/unload_lora_adapter", NULL, api__h_vllm_unload, NULL, true},
+    {"POST", "/v1/completions", NULL, api__h_completions, NULL, false, NULL},
+    {"POST", "/v1/score", NULL, api__h_score, NULL, false, NULL},
+    {"GET", "/v1/models", NULL, api__h_models, NULL, false, NULL},
+    {"GET", "/healthz", NULL, api__h_healthz, NULL, false, NULL},
+    {"GET", "/readyz", NULL, api__h_readyz, NULL, false, NULL},
+    {"GET", "/metrics", NULL, api__h_metrics, NULL, false, NULL},
+    {"POST", "/tokenize", NULL, api__h_tokenize, NULL, false, NULL},
+    {"POST", "/detokenize", NULL, api__h_detokenize, NULL, false, NULL},
+    {"GET", "/lora-adapters", NULL, api__h_lora_adapters, NULL, false, NULL},
+    {"GET", "/v1/adapters", NULL, api__h_adapters_list, NULL, false, NULL},
+    {"POST", "/v1/adapters", NULL, api__h_upload, NULL, false, NULL},
+    {"GET", API_ADAPTERS, "", NULL, api__hp_adapter_get, false, API_ADAPTERS "{spec}"},
+    {"POST", API_ADAPTERS, "", NULL, api__hp_upload, false, API_ADAPTERS "{spec}"},
+    {"DELETE", API_ADAPTERS, "", NULL, api__hp_adapter_delete, false, API_ADAPTERS "{spec}"},
+    {"POST", API_ADAPTERS, "/pin", NULL, api__hp_adapter_pin, false, API_ADAPTERS "{spec}/pin"},
+    {"POST", API_ADAPTERS, "/unpin", NULL, api__hp_adapter_unpin, false,
+     API_ADAPTERS "{spec}/unpin"},
+    {"GET", "/v1/aliases", NULL, api__h_aliases_list, NULL, false, NULL},
+    {"GET", API_ALIASES, "", NULL, api__hp_alias_get, false, API_ALIASES "{name}"},
+    {"PUT", API_ALIASES, "", NULL, api__hp_alias_put, false, API_ALIASES "{name}"},
+    {"DELETE", API_ALIASES, "", NULL, api__hp_alias_delete, false, API_ALIASES "{name}"},
+    {"POST", "/v1/load_lora_adapter", NULL, api__h_vllm_load, NULL, true, NULL},
+    {"POST", "/v1/unload_lora_adapter", NULL, api__h_vllm_unload, NULL, true, NULL},
 };
 #define API_N_ROUTES (sizeof api_routes / sizeof api_routes[0])
 
@@ -103,6 +109,7 @@ api_t *api_new(const api_params_t *p)
     if (!a)
         return NULL;
     a->p = *p;
+    api_metrics_init(); /* notes the start time for adapterd_start_time_seconds */
     a->model_name = p->model_name ? p->model_name : (p->model ? p->model->name : "model");
     a->created = (int64_t)time(NULL);
     /* Seeds and ids need to differ between runs, not to be secret. */
@@ -164,6 +171,51 @@ void api_handle(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t 
     }
     snprintf(msg, sizeof msg, "no route for %.20s %.200s", method, path);
     api_send_error(sink, 404, NULL, "not_found", msg);
+}
+
+void api_set_draining(api_t *a, bool draining)
+{
+    a->draining = draining;
+}
+
+/* The first route path fits, whatever its method (a 405 is counted under it). */
+static const api_route_t *route_of_path(api_t *a, const char *path, const char **param,
+                                        size_t *n_param)
+{
+    for (size_t i = 0; path && i < API_N_ROUTES; i++) {
+        const api_route_t *r = &api_routes[i];
+        if ((!r->local_only || a->p.allow_local_paths) && route_fits(r, path, param, n_param))
+            return r;
+    }
+    return NULL;
+}
+
+const char *api_route_name(api_t *a, const char *method, const char *path)
+{
+    (void)method;
+    const char *param = NULL;
+    size_t n_param = 0;
+    const api_route_t *r = route_of_path(a, path, &param, &n_param);
+    if (!r)
+        return "other";
+    return r->pattern ? r->pattern : r->path;
+}
+
+bool api_route_adapter(api_t *a, const char *method, const char *path, char *out, size_t cap)
+{
+    (void)method;
+    const char *param = NULL;
+    size_t n_param = 0;
+    const api_route_t *r = route_of_path(a, path, &param, &n_param);
+    if (cap)
+        out[0] = '\0';
+    if (!r || !r->suffix || strcmp(r->path, API_ADAPTERS) != 0 || cap == 0)
+        return false;
+    if (!api__pct_decode(param, n_param, out, cap)) {
+        out[0] = '\0';
+        return false;
+    }
+    return true;
 }
 
 static int hex_value(char c)

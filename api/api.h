@@ -57,6 +57,7 @@ typedef struct {
     bool allow_local_paths;
     const char *const *adapter_roots; /* n_adapter_roots absolute folders */
     int n_adapter_roots;
+    const char *version; /* adapterd_build_info{version} of GET /metrics; NULL: "unknown" */
 } api_params_t;
 
 typedef struct api api_t;
@@ -96,6 +97,20 @@ void api_body_end(api_t *a, api_body_t *b, api_job_t **job);
 /* The request will never complete (client gone, timeout, framing error): free b. No sink
  * call follows an abort (the server answers or closes by itself). */
 void api_body_abort(api_t *a, api_body_t *b);
+
+/* ---- operations: readiness and metrics labels ------------------------------------- */
+
+/* Once draining is set, GET /readyz answers 503 {"status":"draining"} (the server sets it
+ * when SIGINT/SIGTERM starts the drain); GET /healthz stays 200. Loop thread. */
+void api_set_draining(api_t *a, bool draining);
+/* The route-table pattern a request to method + path is counted under in metrics and the
+ * access log ("/v1/adapters/{spec}/pin"), "other" when no route fits the path (or path is
+ * NULL). A static string. A 405 counts under the pattern its path fits with another
+ * method, so the result does not depend on method. Loop thread. */
+const char *api_route_name(api_t *a, const char *method, const char *path);
+/* The adapter spec a request names in its path (/v1/adapters/{spec}...), decoded, into out
+ * (NUL-terminated). false (out "") for other routes or an undecodable spec. Loop thread. */
+bool api_route_adapter(api_t *a, const char *method, const char *path, char *out, size_t cap);
 
 /* HTTP status for an rc (RC_NOT_FOUND 404, RC_INVALID 400, RC_MISMATCH 422, ...). */
 int api_status_of(rc_t rc);

@@ -23,6 +23,7 @@
 
 #include "api/adapters.h"
 #include "api/json_util.h"
+#include "api/logprobs.h"
 
 #define CMPL_STOP_MAX_BYTES 256
 #define CMPL_DEFAULT_MAX_TOKENS 16
@@ -40,6 +41,10 @@ typedef struct {
     const char *stop[CORE_MAX_STOP];
     int n_stop;
     bool stream, ignore_eos, return_token_ids, include_usage;
+    long long logprobs;  /* -1: none, else top alternatives per token */
+    bool echo;
+    bool score;          /* POST /v1/score: prompt + target, no generation */
+    size_t n_target;     /* score: the last n_target ids are the target */
 } cmpl_req_t;
 
 typedef struct {
@@ -61,6 +66,12 @@ typedef struct {
     size_t n_text, cap_text;
     int32_t *gen;        /* return_token_ids: generated ids */
     size_t n_gen, cap_gen;
+    api_lp_t *lp;        /* logprobs / score: per-token log-probabilities */
+    size_t lp_sent;      /* stream: entries already sent */
+    bool score, echo;
+    size_t n_target;
+    char *echo_text;     /* echo: the prompt as text */
+    size_t n_echo;
     /* While the adapters load (loop thread only): the request, its body and its terms. */
     api_t *api;
     store_wait_t *wait;  /* set while waiting; cleared by the ready callback or cancel */
@@ -87,23 +98,18 @@ static bool not_supported(api_fail_t *f, const char *field, const char *neutral)
 /* OpenAI fields we accept only at the value that changes nothing. */
 static bool cmpl_neutral(const json_t *root, api_fail_t *f)
 {
-    bool echo = false;
     long long n = 1, best_of = 1;
     double presence = 0, frequency = 0;
     const char *user = NULL, *suffix = NULL;
     size_t suffix_len = 0;
-    if (!api__get_bool(root, "echo", &echo, f) ||
-        !api__get_int(root, "n", LLONG_MIN, LLONG_MAX, &n, f) ||
+    if (!api__get_int(root, "n", LLONG_MIN, LLONG_MAX, &n, f) ||
         !api__get_int(root, "best_of", LLONG_MIN, LLONG_MAX, &best_of, f) ||
         !api__get_num(root, "presence_penalty", -2, 2, false, &presence, f) ||
         !api__get_num(root, "frequency_penalty", -2, 2, false, &frequency, f) ||
         !api__get_str(root, "user", &user, NULL, f) ||
         !api__get_str(root, "suffix", &suffix, &suffix_len, f))
         return false;
-    const json_t *logprobs = json_object_get(root, "logprobs");
     const json_t *bias = json_object_get(root, "logit_bias");
-    if (echo)
-        return not_supported(f, "echo", "false");
     if (n != 1)
         return not_supported(f, "n", "1");
     if (best_of != 1)
@@ -114,8 +120,6 @@ static bool cmpl_neutral(const json_t *root, api_fail_t *f)
         return not_supported(f, "frequency_penalty", "0");
     if (suffix_len)
         return not_supported(f, "suffix", "null or \"\"");
-    if (logprobs && !json_is_null(logprobs))
-        return not_supported(f, "logprobs", "null");
     if (bias && !json_is_null(bias) && !(json_is_object(bias) && json_object_size(bias) == 0))
         return not_supported(f, "logit_bias", "null or {}");
     return true;
@@ -219,6 +223,7 @@ static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fa
     q->temperature = 1;
     q->top_p = 1;
     q->seed = -1;
+    q->logprobs = -1;
     if (!api__check_fields(root, cmpl_fields, f) || !cmpl_neutral(root, f) ||
         !api__get_str(root, "model", &q->model, NULL, f) ||
         !api__get_int(root, "max_tokens", 0, max_pos, &q->max_tokens, f) ||
@@ -229,8 +234,12 @@ static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fa
         !api__get_bool(root, "stream", &q->stream, f) ||
         !api__get_bool(root, "ignore_eos", &q->ignore_eos, f) ||
         !api__get_bool(root, "return_token_ids", &q->return_token_ids, f) ||
+        !api__get_int(root, "logprobs", 0, API_LP_TOP_MAX, &q->logprobs, f) ||
+        !api__get_bool(root, "echo", &q->echo, f) ||
         !cmpl_stream_options(root, q, f) || !cmpl_stop(root, q, f))
         return false;
+    if (q->echo && q->stream)
+        return not_supported(f, "echo", "false when `stream` is true");
     if (!q->model)
         return api__fail(f, 400, "missing_field", "`model` is required");
     q->has_seed = q->seed >= 0;
@@ -316,6 +325,11 @@ static void sse_chunk(cmpl_job_t *j, const char *text, size_t len, const char *f
                       const int32_t *token)
 {
     json_t *choice = cmpl_choice(text, len, finish);
+    if (j->lp && api__lp_count(j->lp) > j->lp_sent) { /* the tokens since the last chunk */
+        size_t n = api__lp_count(j->lp);
+        json_object_set_new(choice, "logprobs", api__lp_json(j->lp, j->lp_sent, n));
+        j->lp_sent = n;
+    }
     if (j->return_token_ids) {
         json_object_set_new(choice, "token_ids", ids_json(token, token ? 1 : 0));
         if (!j->sent_first)
@@ -394,6 +408,27 @@ static void plain_append(cmpl_job_t *j, const core_event_t *ev)
     }
 }
 
+/* The choice: echoed prompt + generated text, and the logprobs of both when asked. */
+static json_t *plain_choice(cmpl_job_t *j, const core_event_t *ev)
+{
+    json_t *choice;
+    if (j->echo) {
+        char *all = malloc(j->n_echo + j->n_text + 1);
+        if (!all)
+            return NULL;
+        memcpy(all, j->echo_text, j->n_echo);
+        if (j->n_text)
+            memcpy(all + j->n_echo, j->text, j->n_text);
+        choice = cmpl_choice(all, j->n_echo + j->n_text, finish_str(ev->finish));
+        free(all);
+    } else {
+        choice = cmpl_choice(j->text, j->n_text, finish_str(ev->finish));
+    }
+    if (choice && j->lp)
+        json_object_set_new(choice, "logprobs", api__lp_json(j->lp, 0, api__lp_count(j->lp)));
+    return choice;
+}
+
 static void plain_done(cmpl_job_t *j, const core_event_t *ev)
 {
     if (ev->finish == CORE_FINISH_CANCELLED) {
@@ -404,7 +439,7 @@ static void plain_done(cmpl_job_t *j, const core_event_t *ev)
         api_send_error(j->sink, 500, NULL, "nomem", "out of memory collecting the completion");
         return;
     }
-    json_t *choice = cmpl_choice(j->text, j->n_text, finish_str(ev->finish));
+    json_t *choice = plain_choice(j, ev);
     if (j->return_token_ids) {
         json_object_set_new(choice, "prompt_token_ids", ids_json(j->prompt_ids, j->n_prompt));
         json_object_set_new(choice, "token_ids", ids_json(j->gen, j->n_gen));
@@ -426,10 +461,59 @@ static void plain_event(cmpl_job_t *j, const core_event_t *ev)
         plain_done(j, ev);
 }
 
+/* PROMPT rows: row r is the distribution of prompt token pos0 + r + 1. A score keeps
+ * only the target's tokens. */
+static void lp_prompt_rows(cmpl_job_t *j, const core_event_t *ev)
+{
+    size_t first = j->score ? j->n_prompt - j->n_target : 1;
+    for (int r = 0; r < ev->n_rows; r++) {
+        size_t next = (size_t)ev->pos0 + (size_t)r + 1;
+        if (next < first || next >= j->n_prompt)
+            continue;
+        if (!api__lp_add(j->lp, ev->logits + (size_t)r * (size_t)ev->n_vocab, ev->n_vocab,
+                         j->prompt_ids[next]))
+            j->oom = true;
+    }
+}
+
+/* POST /v1/score answers at DONE. */
+static void score_done(cmpl_job_t *j, const core_event_t *ev)
+{
+    if (ev->kind == CORE_EV_ERROR || ev->finish == CORE_FINISH_CANCELLED || j->oom) {
+        api_send_error(j->sink, ev->kind == CORE_EV_ERROR ? 500 : 503, NULL,
+                       ev->kind == CORE_EV_ERROR ? rc_name(ev->rc) : "cancelled",
+                       ev->kind == CORE_EV_ERROR && ev->message ? ev->message
+                                                                : "the request was not scored");
+        return;
+    }
+    size_t n = api__lp_count(j->lp);
+    double total = api__lp_sum(j->lp, 0);
+    json_t *doc = json_pack("{s:s,s:s,s:I,s:s,s:I,s:I,s:o,s:f,s:f}", "id", j->id, "object",
+                            "score", "created", (json_int_t)j->created, "model", j->model,
+                            "prompt_tokens", (json_int_t)(j->n_prompt - j->n_target),
+                            "target_tokens", (json_int_t)n, "tokens",
+                            api__lp_tokens_json(j->lp, 0, n), "total_logprob", total, "loss",
+                            n ? -total / (double)n : 0.0);
+    api__send_json(j->sink, 200, doc);
+}
+
 /* Engine thread. */
 static void cmpl_on_event(void *user, const core_event_t *ev)
 {
     cmpl_job_t *j = user;
+    if (ev->kind == CORE_EV_PROMPT) {
+        if (j->lp)
+            lp_prompt_rows(j, ev);
+        return;
+    }
+    if (j->score) {
+        if (ev->kind != CORE_EV_TOKEN)
+            score_done(j, ev);
+        return;
+    }
+    if (ev->kind == CORE_EV_TOKEN && j->lp && ev->logits &&
+        !api__lp_add(j->lp, ev->logits, ev->n_vocab, ev->token))
+        j->oom = true;
     if (j->stream)
         stream_event(j, ev);
     else
@@ -441,6 +525,36 @@ static void cmpl_on_event(void *user, const core_event_t *ev)
 static void cmpl_job_cancel(api_t *a, api_job_t *job);
 static void cmpl_job_free(api_t *a, api_job_t *job);
 static const api_job_ops_t cmpl_job_ops = {cmpl_job_cancel, cmpl_job_free};
+
+/* What logprobs, echo and score keep: the prompt ids (PROMPT rows name the token that
+ * follows), the accumulator and the echoed text. */
+static bool cmpl_job_lp(api_t *a, cmpl_job_t *j, const cmpl_req_t *q)
+{
+    j->score = q->score;
+    j->echo = q->echo;
+    j->n_target = q->n_target;
+    if (q->echo) {
+        core_err_t err;
+        if (q->text) {
+            j->echo_text = malloc(q->text_len + 1);
+            if (!j->echo_text)
+                return false;
+            memcpy(j->echo_text, q->text, q->text_len);
+            j->n_echo = q->text_len;
+        } else if (core_tok_decode(a->p.tok, q->ids, q->n_ids, false, &j->echo_text, &j->n_echo,
+                                   &err) != RC_OK) {
+            return false;
+        }
+    }
+    if (q->logprobs < 0 && !q->score)
+        return true;
+    size_t offset0 = q->echo ? 0 : (q->text ? q->text_len : 0);
+    j->lp = api__lp_new(a->p.tok, q->logprobs < 0 ? 0 : (int)q->logprobs, offset0);
+    if (!j->lp)
+        return false;
+    /* echo: the first prompt token has no distribution (null), as in OpenAI's answers */
+    return !(q->echo && q->n_ids && !api__lp_add(j->lp, NULL, 0, q->ids[0]));
+}
 
 static cmpl_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
 {
@@ -456,16 +570,17 @@ static cmpl_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
     j->include_usage = q->include_usage;
     j->return_token_ids = q->return_token_ids;
     j->created = (int64_t)time(NULL);
-    snprintf(j->id, sizeof j->id, "cmpl-%016llx%08llx", (unsigned long long)api__rand(a),
-             (unsigned long long)(api__rand(a) >> 32));
+    snprintf(j->id, sizeof j->id, "%s-%016llx%08llx", q->score ? "score" : "cmpl",
+             (unsigned long long)api__rand(a), (unsigned long long)(api__rand(a) >> 32));
     j->model = strdup(q->model);
-    if (q->return_token_ids && q->n_ids) {
+    bool keep_ids = q->return_token_ids || q->logprobs >= 0 || q->score || q->echo;
+    if (keep_ids && q->n_ids) {
         j->prompt_ids = malloc(q->n_ids * sizeof *j->prompt_ids);
         if (j->prompt_ids)
             memcpy(j->prompt_ids, q->ids, q->n_ids * sizeof *j->prompt_ids);
         j->n_prompt = q->n_ids;
     }
-    if (!j->model || (q->return_token_ids && q->n_ids && !j->prompt_ids)) {
+    if (!j->model || (keep_ids && q->n_ids && !j->prompt_ids) || !cmpl_job_lp(a, j, q)) {
         api_job_free(a, &j->base);
         return NULL;
     }
@@ -489,6 +604,8 @@ static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, const api_sel_
     for (int i = 0; i < q->n_stop; i++)
         r.stop[i] = q->stop[i];
     r.n_stop = q->n_stop;
+    r.want_logits = q->logprobs >= 0;
+    r.want_prompt_logits = q->score || (q->echo && q->logprobs >= 0);
     r.on_event = cmpl_on_event;
     r.user = j;
     return r;
@@ -567,26 +684,21 @@ static bool cmpl_acquire(api_t *a, cmpl_job_t *j, bool *pending, api_fail_t *f)
     return true;
 }
 
-void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
+/* A validated, tokenized request (q, its body root and selection terms t, all taken over
+ * here) becomes a job: submitted now, or waiting for its adapters. */
+static void cmpl_start(api_t *a, json_t *root, cmpl_req_t *q, api_terms_t *t, api_sink_t *sink,
+                       api_job_t **job)
 {
     api_fail_t f;
-    json_t *root = NULL;
-    cmpl_req_t q;
-    api_terms_t t;
-    cmpl_job_t *j = NULL;
     bool pending = false;
-    memset(&q, 0, sizeof q);
-    memset(&t, 0, sizeof t);
-    bool ok = api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
-              api__sel_gather(a, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f);
-    if (ok && !(j = cmpl_job_new(a, &q, sink)))
-        ok = api__fail(&f, 500, "nomem", "out of memory");
+    cmpl_job_t *j = cmpl_job_new(a, q, sink);
+    bool ok = j != NULL || api__fail(&f, 500, "nomem", "out of memory");
     if (ok) { /* the job owns the request from here */
         j->root = root;
-        j->q = q;
-        j->terms = t;
+        j->q = *q;
+        j->terms = *t;
         root = NULL;
-        q.ids = NULL;
+        q->ids = NULL;
         ok = cmpl_acquire(a, j, &pending, &f);
     }
     if (j && !pending)
@@ -596,10 +708,105 @@ void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, ap
     } else if (j) {
         api_job_free(a, &j->base);
     }
-    free(q.ids);
+    free(q->ids);
     json_decref(root);
     if (!ok)
         api__send_fail(sink, &f);
+}
+
+void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
+{
+    api_fail_t f;
+    json_t *root = NULL;
+    cmpl_req_t q;
+    api_terms_t t;
+    memset(&q, 0, sizeof q);
+    memset(&t, 0, sizeof t);
+    if (api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
+        api__sel_gather(a, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f)) {
+        cmpl_start(a, root, &q, &t, sink, job);
+        return;
+    }
+    free(q.ids);
+    json_decref(root);
+    api__send_fail(sink, &f);
+}
+
+/* ---- POST /v1/score: log-probabilities of a target after a prompt ---- */
+
+static const char *const score_fields[] = {"model", "prompt", "target", API_SEL_FIELDS, NULL};
+
+/* The text prompt + target encoded as one (with the model's special tokens, as a
+ * completion would), the target being the ids past the prompt's own encoding - the
+ * lm-evaluation-harness split, which keeps a sentencepiece word boundary where the text
+ * has it instead of scoring a stray "▁" token. */
+static bool score_tokens(api_t *a, const char *prompt, size_t n_prompt, const char *target,
+                         size_t n_target, cmpl_req_t *q, api_fail_t *f)
+{
+    core_err_t err = {{0}};
+    int32_t *pid = NULL;
+    size_t np = 0;
+    core_tok_encode_params_t pp = {.add_special = true, .parse_special = false};
+    char *both = malloc(n_prompt + n_target + 1);
+    if (!both)
+        return api__fail(f, 500, "nomem", "out of memory");
+    memcpy(both, prompt, n_prompt);
+    memcpy(both + n_prompt, target, n_target);
+    rc_t rc = core_tok_encode(a->p.tok, both, n_prompt + n_target, pp, &q->ids, &q->n_ids, &err);
+    if (rc == RC_OK)
+        rc = core_tok_encode(a->p.tok, prompt, n_prompt, pp, &pid, &np, &err);
+    free(both);
+    free(pid);
+    if (rc != RC_OK)
+        return api__fail_rc(f, rc, &err);
+    if (q->n_ids <= np || np == 0)
+        return api__fail(f, 400, "invalid_value", "`target` adds no tokens to `prompt`");
+    q->n_target = q->n_ids - np;
+    if (q->n_ids > (size_t)a->p.model->cfg.max_pos)
+        return api__fail(f, 400, "context_length_exceeded",
+                         "This model's maximum context length is %d tokens; prompt and target "
+                         "have %zu",
+                         a->p.model->cfg.max_pos, q->n_ids);
+    return true;
+}
+
+static bool score_parse(api_t *a, const json_t *root, cmpl_req_t *q, api_fail_t *f)
+{
+    const char *prompt = NULL, *target = NULL;
+    size_t n_prompt = 0, n_target = 0;
+    memset(q, 0, sizeof *q);
+    q->logprobs = -1;
+    q->score = true;
+    if (!api__check_fields(root, score_fields, f) ||
+        !api__get_str(root, "model", &q->model, NULL, f) ||
+        !api__get_str(root, "prompt", &prompt, &n_prompt, f) ||
+        !api__get_str(root, "target", &target, &n_target, f))
+        return false;
+    if (!q->model)
+        return api__fail(f, 400, "missing_field", "`model` is required");
+    if (!prompt || !n_prompt)
+        return api__fail(f, 400, "missing_field", "`prompt` (a non-empty string) is required");
+    if (!target || !n_target)
+        return api__fail(f, 400, "missing_field", "`target` (a non-empty string) is required");
+    return score_tokens(a, prompt, n_prompt, target, n_target, q, f);
+}
+
+void api__h_score(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
+{
+    api_fail_t f;
+    json_t *root = NULL;
+    cmpl_req_t q;
+    api_terms_t t;
+    memset(&q, 0, sizeof q);
+    memset(&t, 0, sizeof t);
+    if (api__parse_body(req, &root, &f) && score_parse(a, root, &q, &f) &&
+        api__sel_gather(a, root, q.model, &t, &f)) {
+        cmpl_start(a, root, &q, &t, sink, job);
+        return;
+    }
+    free(q.ids);
+    json_decref(root);
+    api__send_fail(sink, &f);
 }
 
 /* Client gone. A job still waiting for adapters stops waiting and ends now; a submitted
@@ -630,5 +837,7 @@ static void cmpl_job_free(api_t *a, api_job_t *job)
     free(j->prompt_ids);
     free(j->text);
     free(j->gen);
+    free(j->echo_text);
+    api__lp_free(j->lp);
     free(j);
 }

@@ -21,6 +21,7 @@ struct api {
     const char *model_name; /* p.model_name, or the model's own name */
     int64_t created;        /* unix seconds at api_new: "created" of the base model */
     uint64_t rng;           /* splitmix64 state for seeds and ids; loop thread only */
+    bool draining;          /* api_set_draining: /readyz answers 503; loop thread only */
 };
 
 /* Every pending job starts with this (completions, uploads, admin changes): the public
@@ -96,7 +97,11 @@ bool api__list_adapters(api_t *a, api_sink_t *sink, store_adapter_t **rows, size
 typedef void (*api_handler_fn)(api_t *a, const api_request_t *req, api_sink_t *sink,
                                api_job_t **job);
 void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+/* POST /v1/score: {model (+ adapter fields), prompt, target} -> per-token logprobs of target. */
+void api__h_score(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_healthz(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_readyz(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_metrics(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_models(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_tokenize(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_detokenize(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);

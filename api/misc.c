@@ -1,5 +1,5 @@
-/* misc.c - the handlers that answer at once: GET /healthz, GET /v1/models, POST /tokenize,
- * POST /detokenize. None of them creates a job. Threads: the loop thread. */
+/* misc.c - the handlers that answer at once: GET /healthz, GET /readyz, GET /v1/models,
+ * POST /tokenize, POST /detokenize. None of them creates a job. Threads: the loop thread. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +11,39 @@ void api__h_healthz(api_t *a, const api_request_t *req, api_sink_t *sink, api_jo
     (void)req;
     (void)job;
     api__send_json(sink, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+/* Ready: the model is loaded, the store open, and no drain has started. A draining
+ * daemon answers 503 with the usual error body plus "status" (load balancers look at the
+ * status code; people read the body) and Retry-After, so clients go elsewhere. */
+void api__h_readyz(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
+{
+    (void)req;
+    (void)job;
+    const char *status = a->draining   ? "draining"
+                         : !a->p.model ? "no_model"
+                         : !a->p.store ? "no_store"
+                                       : "ready";
+    if (strcmp(status, "ready") == 0) {
+        api__send_json(sink, 200, json_pack("{s:s}", "status", status));
+        return;
+    }
+    json_t *body = api__error_json(api__error_type(503), status,
+                                   a->draining ? "the server is draining (shutting down)"
+                                               : "the server is not ready");
+    if (body)
+        json_object_set_new(body, "status", json_string(status));
+    size_t len = 0;
+    char *text = api__dump(body, &len);
+    json_decref(body);
+    if (!text) {
+        api_send_error(sink, 503, NULL, status, "the server is not ready");
+        return;
+    }
+    sink->begin(sink->self, 503, "application/json", false, "Retry-After: 1\r\n");
+    sink->write(sink->self, text, len);
+    sink->end(sink->self);
+    free(text);
 }
 
 static json_t *adapter_entry(const api_t *a, const store_adapter_t *r)

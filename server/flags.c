@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-typedef enum { FLAG_STR, FLAG_INT, FLAG_SIZE, FLAG_LEVEL } flag_type_t;
+typedef enum { FLAG_STR, FLAG_INT, FLAG_SIZE, FLAG_LEVEL, FLAG_FORMAT } flag_type_t;
 
 typedef struct {
     const char *name; /* without the leading "--" */
@@ -113,11 +113,15 @@ static const flag_t flags[] = {
      "(empty: none)"},
     {"log-level", FLAG_LEVEL, OFF(log_level), "info", 0, 0, BOTH, "LEVEL",
      "error, warn, info (one line per request) or debug"},
+    {"log-format", FLAG_FORMAT, OFF(log_format), "text", 0, 0, BOTH, "FORMAT",
+     "text, or json: one JSON object per line on stderr (requests carry request_id, route, "
+     "status, bytes, duration_ms)"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
 _Static_assert(N_FLAGS <= 64, "srv_flags_parse tracks given flags in a uint64_t");
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+static const char *const format_names[] = {"text", "json"}; /* SRV_LOG_FORMAT_* order */
 
 static const char usage[] =
     "usage: adapterd [serve] [flags]\n"
@@ -190,6 +194,14 @@ static bool flag_set(srv_config_t *cfg, const flag_t *f, const char *value, cons
                 return true;
             }
         fprintf(err, "adapterd: %s: '%s' is not one of error, warn, info, debug\n", src, value);
+        return false;
+    case FLAG_FORMAT:
+        for (int i = 0; i < 2; i++)
+            if (strcmp(value, format_names[i]) == 0) {
+                *(int *)field = i;
+                return true;
+            }
+        fprintf(err, "adapterd: %s: '%s' is not one of text, json\n", src, value);
         return false;
     }
     return false;

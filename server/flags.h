@@ -23,6 +23,7 @@
 typedef enum { SRV_CMD_SERVE = 1, SRV_CMD_IMPORT = 2 } srv_cmd_t;
 
 enum { SRV_LOG_ERROR, SRV_LOG_WARN, SRV_LOG_INFO, SRV_LOG_DEBUG };
+enum { SRV_LOG_FORMAT_TEXT, SRV_LOG_FORMAT_JSON };
 
 typedef struct {
     srv_cmd_t cmd;
@@ -55,7 +56,8 @@ typedef struct {
     size_t kv_cache_bytes;
     int kv_block_tokens;
     int max_rank;
-    int log_level; /* SRV_LOG_* */
+    int log_level;  /* SRV_LOG_* */
+    int log_format; /* SRV_LOG_FORMAT_* */
 
     size_t adapter_cache_bytes; /* store: resident adapter budget */
     size_t max_upload_bytes;    /* store + api: weights file / upload body cap */

@@ -12,11 +12,13 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "server/http.h"
 #include "server/server.h"
 
 /* ---- logging ------------------------------------------------------------------------------ */
 
 static int log_level = SRV_LOG_INFO;
+static int log_format = SRV_LOG_FORMAT_TEXT;
 static const char *const level_tags[] = {"error", "warn", "info", "debug"};
 
 void srv_log_set_level(int level)
@@ -24,27 +26,101 @@ void srv_log_set_level(int level)
     log_level = level;
 }
 
+void srv_log_set_format(int format)
+{
+    log_format = format;
+}
+
 bool srv_log_enabled(int level)
 {
     return level <= log_level;
+}
+
+/* "2026-01-02T03:04:05.678Z" */
+static void log_stamp(char *buf, size_t cap)
+{
+    char sec[32];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(sec, sizeof sec, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, cap, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
 }
 
 void srv_log(int level, const char *fmt, ...)
 {
     if (level > log_level)
         return;
-    char line[1024], stamp[32];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+    char line[1024], stamp[48];
+    log_stamp(stamp, sizeof stamp);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     /* one fprintf per line, so lines from different threads do not interleave */
-    fprintf(stderr, "%s.%03ldZ %-5s %s\n", stamp, ts.tv_nsec / 1000000, level_tags[level], line);
+    if (log_format == SRV_LOG_FORMAT_JSON) {
+        char esc[6 * sizeof line];
+        srv_json_escape(esc, sizeof esc, line);
+        fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", stamp,
+                level_tags[level], esc);
+        return;
+    }
+    fprintf(stderr, "%s %-5s %s\n", stamp, level_tags[level], line);
+}
+
+/* ,"key":"escaped value" (value NULL: nothing) */
+static size_t json_field(char *dst, size_t cap, const char *key, const char *value)
+{
+    if (!value || cap == 0)
+        return 0;
+    char esc[1024];
+    srv_json_escape(esc, sizeof esc, value);
+    int n = snprintf(dst, cap, ",\"%s\":\"%s\"", key, esc);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+static void log_access_json(const srv_access_t *a)
+{
+    char line[4096], stamp[48];
+    size_t n = 0;
+    log_stamp(stamp, sizeof stamp);
+    n += (size_t)snprintf(line, sizeof line,
+                          "{\"ts\":\"%s\",\"level\":\"info\",\"msg\":\"request\"", stamp);
+    n += json_field(line + n, sizeof line - n, "request_id", a->request_id);
+    n += json_field(line + n, sizeof line - n, "method", a->method);
+    n += json_field(line + n, sizeof line - n, "path", a->path);
+    n += json_field(line + n, sizeof line - n, "route", a->route);
+    if (n < sizeof line)
+        n += (size_t)snprintf(line + n, sizeof line - n,
+                              ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f", a->status,
+                              a->bytes, a->seconds * 1e3);
+    if (n < sizeof line)
+        n += json_field(line + n, sizeof line - n, "adapter", a->adapter[0] ? a->adapter : NULL);
+    if (n < sizeof line && a->client_gone)
+        n += (size_t)snprintf(line + n, sizeof line - n, ",\"client_gone\":true");
+    if (n < sizeof line)
+        n += json_field(line + n, sizeof line - n, "code", a->code);
+    if (n < sizeof line)
+        n += json_field(line + n, sizeof line - n, "error", a->message);
+    if (n + 3 > sizeof line) /* cannot happen with the bounded fields above; stay valid JSON */
+        return;
+    fprintf(stderr, "%s}\n", line);
+}
+
+void srv_log_access(const srv_access_t *a)
+{
+    if (!srv_log_enabled(SRV_LOG_INFO))
+        return;
+    if (log_format == SRV_LOG_FORMAT_JSON)
+        log_access_json(a);
+    else if (a->code)
+        srv_log(SRV_LOG_INFO, "%d %s (%s) id=%s", a->status, a->code, a->message ? a->message : "",
+                a->request_id);
+    else
+        srv_log(SRV_LOG_INFO, "%s %s %d %zuB %.1fms id=%s%s", a->method ? a->method : "?",
+                a->path ? a->path : "?", a->status, a->bytes, a->dispatch_ms, a->request_id,
+                a->client_gone ? " (client gone)" : "");
 }
 
 /* ---- the hop ------------------------------------------------------------------------------ */

@@ -266,7 +266,19 @@ static void conn_send_error(srv_conn_t *c, int status, const char *code, const c
         buf_printf(&h, "Content-Length: %zu\r\n\r\n", body_len))
         srv__conn_send(c, h.p, h.len, body, body_len);
     buf_free(&h);
-    srv_log(SRV_LOG_INFO, "%d %s (%s) id=%s", status, code, message, c->req.request_id);
+}
+
+/* The finished hook (metrics) and the access log line of one response. */
+static void conn_access(srv_conn_t *c, srv_access_t *a, bool hook)
+{
+    srv_http_t *h = c->http;
+    uint64_t now = uv_hrtime();
+    a->request_id = c->req.request_id;
+    a->bytes = c->resp_bytes;
+    a->seconds = (double)(now - c->t_head) / 1e9;
+    if (hook && h->handler.finished)
+        h->handler.finished(h->handler.ctx, a);
+    srv_log_access(a);
 }
 
 /* Refuse the request being parsed: error response, then close. No byte of this
@@ -277,6 +289,14 @@ static void conn_fail(srv_conn_t *c, int status, const char *code, const char *m
         return;
     c->in_pos = c->in_len;
     conn_send_error(c, status, code, message);
+    /* the path is known once the head parsed; an active request is counted at its end() */
+    srv_access_t a = {.method = c->req.path ? llhttp_method_name((llhttp_method_t)c->parser.method)
+                                            : NULL,
+                      .path = c->req.path,
+                      .status = status,
+                      .code = code,
+                      .message = message};
+    conn_access(c, &a, !c->req_active);
     conn_body_abort(c);
     conn_finish(c);
 }
@@ -439,6 +459,8 @@ static void resp_end(srv_conn_t *c)
     }
     if (!c->resp_begun) {
         conn_send_error(c, 500, "internal_error", "the handler ended without a response");
+        srv_log(SRV_LOG_INFO, "%d %s (%s) id=%s", 500, "internal_error",
+                "the handler ended without a response", c->req.request_id);
         return;
     }
     if (c->resp_streaming) {
@@ -491,12 +513,12 @@ static void on_end_msg(srv_msg_t *m)
     if (c->job)
         h->handler.free_job(h->handler.ctx, c->job);
     c->job = NULL;
-    if (srv_log_enabled(SRV_LOG_INFO))
-        srv_log(SRV_LOG_INFO, "%s %s %d %zuB %.1fms id=%s%s",
-                llhttp_method_name((llhttp_method_t)c->parser.method),
-                c->req.path ? c->req.path : "?", c->resp_status ? c->resp_status : 500,
-                c->resp_bytes, (double)(uv_hrtime() - c->t_dispatch) / 1e6, c->req.request_id,
-                c->state == CONN_CLOSED ? " (client gone)" : "");
+    srv_access_t a = {.method = llhttp_method_name((llhttp_method_t)c->parser.method),
+                      .path = c->req.path,
+                      .status = c->resp_status ? c->resp_status : 500,
+                      .dispatch_ms = (double)(uv_hrtime() - c->t_dispatch) / 1e6,
+                      .client_gone = c->state == CONN_CLOSED};
+    conn_access(c, &a, true);
     resp_reset(c);
     if (c->state == CONN_CLOSED) {
         if (c->n_open_handles == 0)
@@ -600,6 +622,7 @@ static bool conn_parse_step(srv_conn_t *c)
         srv__req_reset(&c->req); /* an error before llhttp's message_begin must not reuse ids */
         c->state = CONN_HEAD;
         c->head_start = uv_now(c->http->loop);
+        c->t_head = uv_hrtime();
         srv__conn_arm_timer(c);
     }
     if (c->scanning_head) {

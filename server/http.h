@@ -96,6 +96,10 @@ typedef struct {
     void (*body_data)(void *ctx, api_body_t *body, const char *data, size_t len);
     void (*body_end)(void *ctx, api_body_t *body, api_job_t **job);
     void (*body_abort)(void *ctx, api_body_t *body);
+    /* Optional: a request was answered (or refused by the HTTP layer before any handler
+     * saw it). Called once per response, before its access log line; may set a->route and
+     * a->adapter for that line. */
+    void (*finished)(void *ctx, srv_access_t *a);
 } srv_handler_t;
 
 typedef struct srv_http srv_http_t;

@@ -70,6 +70,7 @@ struct srv_conn {
     int n_requests;
     uint64_t head_start; /* uv_now when the current head's first byte arrived */
     uint64_t t_dispatch; /* uv_hrtime at dispatch, for the access log */
+    uint64_t t_head;     /* uv_hrtime at the head's first byte: end-to-end duration */
     size_t n_discarded;  /* bytes thrown away while lingering */
 
     char *in; /* input; [in_pos, in_len) not parsed yet */

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "api/api.h"
+#include "api/metrics.h"
 #include "core/engine.h"
 #include "core/gemm.h"
 #include "core/model.h"
@@ -103,6 +104,7 @@ static store_params_t store_params_of(const srv_config_t *cfg, const core_model_
 int srv_import_run(const srv_config_t *cfg)
 {
     srv_log_set_level(cfg->log_level);
+    srv_log_set_format(cfg->log_format);
     core_gemm_init(cfg->threads);
     core_model_t *model = NULL;
     store_t *store = NULL;
@@ -236,6 +238,15 @@ static void api_free_cb(void *ctx, api_job_t *job)
     store_tick(s->store, uv_now(&s->loop));
 }
 
+/* Metrics and the access line's route and adapter: the api knows its route table. */
+static void api_finished_cb(void *ctx, srv_access_t *a)
+{
+    srv_server_t *s = ctx;
+    a->route = api_route_name(s->api, a->method, a->path);
+    api_route_adapter(s->api, a->method, a->path, a->adapter, sizeof a->adapter);
+    api_metrics_observe_request(a->route, a->method ? a->method : "other", a->status, a->seconds);
+}
+
 static api_body_mode_t api_body_begin_cb(void *ctx, const api_request_t *req, api_sink_t *sink,
                                          api_body_t **body, size_t *max_body)
 {
@@ -337,7 +348,8 @@ static int server_open_core(srv_server_t *s)
                        .max_upload_bytes = cfg->max_upload_bytes,
                        .allow_local_paths = cfg->allow_local_adapter_paths != 0,
                        .adapter_roots = (const char *const *)s->roots,
-                       .n_adapter_roots = s->n_roots};
+                       .n_adapter_roots = s->n_roots,
+                       .version = SRV_VERSION};
     s->api = api_new(&ap);
     if (!s->api) {
         fprintf(stderr, "adapterd: api: out of memory\n");
@@ -397,6 +409,7 @@ static void on_signal(uv_signal_t *sig, int signum)
     srv_log(SRV_LOG_INFO, "%s: draining (up to %d ms)", signum == SIGINT ? "SIGINT" : "SIGTERM",
             s->cfg.drain_timeout_ms);
     s->deadline = uv_now(&s->loop) + (uint64_t)s->cfg.drain_timeout_ms;
+    api_set_draining(s->api, true); /* GET /readyz: 503 from now on */
     srv_http_drain(s->http);
     uv_timer_start(&s->drain_timer, on_drain_tick, 0, DRAIN_TICK_MS);
 }
@@ -432,7 +445,8 @@ static int server_open_loop(srv_server_t *s, int *port)
                              .body_begin = api_body_begin_cb,
                              .body_data = api_body_data_cb,
                              .body_end = api_body_end_cb,
-                             .body_abort = api_body_abort_cb};
+                             .body_abort = api_body_abort_cb,
+                             .finished = api_finished_cb};
     r = srv_http_new(&s->loop, s->hop, &lim, &handler, &s->http, &err);
     if (r == RC_OK)
         r = srv_http_listen(s->http, s->cfg.host, s->cfg.port, port, &err);
@@ -465,6 +479,7 @@ int srv_server_start(const srv_config_t *cfg, srv_server_t **out)
 {
     *out = NULL;
     srv_log_set_level(cfg->log_level);
+    srv_log_set_format(cfg->log_format);
     srv_server_t *s = calloc(1, sizeof *s);
     if (!s) {
         fprintf(stderr, "adapterd: out of memory\n");

@@ -28,10 +28,35 @@
 #include "core/rc.h"
 #include "server/flags.h"
 
-/* Logging to stderr with a timestamp and level; callable from any thread. */
+/* Logging to stderr with a timestamp and level; callable from any thread. Text lines are
+ * "STAMP LEVEL message"; with SRV_LOG_FORMAT_JSON every line is one JSON object
+ * {"ts","level","msg"} (requests: see srv_log_access). Set the format before threads log. */
 void srv_log_set_level(int level);
+void srv_log_set_format(int format); /* SRV_LOG_FORMAT_* */
 bool srv_log_enabled(int level);
 void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* One finished request, for the access log and metrics. Strings are borrowed for the call. */
+typedef struct {
+    const char *method; /* NULL when the request head never parsed */
+    const char *path;   /* NULL likewise */
+    const char *request_id;
+    int status;
+    size_t bytes;       /* bytes written to the client (head and body) */
+    double seconds;     /* from the head's first byte to the response's end */
+    double dispatch_ms; /* from the hand-over to the handler (the text line's figure) */
+    bool client_gone;
+    const char *code;    /* refused by the HTTP layer (no handler saw it): the error */
+    const char *message; /* code and message, else NULL */
+    const char *route;   /* route pattern (the handler's finished hook sets it), or NULL */
+    char adapter[80];    /* adapter spec the request names, "" when unknown */
+} srv_access_t;
+
+/* The access log line of a (level info). Text: "METHOD PATH STATUS NB N.Nms id=ID" (or
+ * "STATUS CODE (MESSAGE) id=ID" for a refused request), as before --log-format; JSON:
+ * {"ts","level":"info","msg":"request","request_id","method","path","route","status",
+ * "bytes","duration_ms"} plus "adapter", "client_gone", "code", "error" when they apply. */
+void srv_log_access(const srv_access_t *a);
 
 typedef struct srv_msg {
     struct srv_msg *next;
