@@ -36,6 +36,7 @@ typedef struct {
 
 static const api_route_t api_routes[] = {
     {"POST", "/v1/completions", NULL, api__h_completions, NULL, false, NULL},
+    {"POST", "/v1/chat/completions", NULL, api__h_chat, NULL, false, NULL},
     {"POST", "/v1/score", NULL, api__h_score, NULL, false, NULL},
     {"GET", "/v1/models", NULL, api__h_models, NULL, false, NULL},
     {"GET", "/healthz", NULL, api__h_healthz, NULL, false, NULL},

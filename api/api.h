@@ -50,6 +50,7 @@ typedef struct {
     const core_tok_t *tok;
     core_engine_t *engine;
     store_t *store;
+    const struct core_chat *chat; /* the model's chat template, or NULL (chat answers 400) */
     const char *model_name; /* the base model's served name */
     uint64_t max_upload_bytes; /* body cap of adapter uploads (multipart), default 1 GiB */
     /* vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter: off (404) unless

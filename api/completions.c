@@ -21,31 +21,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "api/adapters.h"
-#include "api/json_util.h"
+#include "api/cmpl_int.h"
 #include "api/logprobs.h"
 
 #define CMPL_STOP_MAX_BYTES 256
 #define CMPL_DEFAULT_MAX_TOKENS 16
 
-/* A validated request. Strings are borrowed from the parsed body. */
-typedef struct {
-    const char *model; /* as given: echoed in the response */
-    const char *text;  /* text prompt, or NULL when ids */
-    size_t text_len;
-    int32_t *ids;      /* token prompt (malloc'd), or the encoded text */
-    size_t n_ids;
-    long long max_tokens, top_k, seed;
-    bool has_seed;
-    double temperature, top_p;
-    const char *stop[CORE_MAX_STOP];
-    int n_stop;
-    bool stream, ignore_eos, return_token_ids, include_usage;
-    long long logprobs;  /* -1: none, else top alternatives per token */
-    bool echo;
-    bool score;          /* POST /v1/score: prompt + target, no generation */
-    size_t n_target;     /* score: the last n_target ids are the target */
-} cmpl_req_t;
+
 
 typedef struct {
     api_job_t base;    /* first: the generic job (ops) */
@@ -68,7 +50,8 @@ typedef struct {
     size_t n_gen, cap_gen;
     api_lp_t *lp;        /* logprobs / score: per-token log-probabilities */
     size_t lp_sent;      /* stream: entries already sent */
-    bool score, echo;
+    bool score, echo, chat;
+    bool sent_role;      /* chat stream: the first delta (with the role) went out */
     size_t n_target;
     char *echo_text;     /* echo: the prompt as text */
     size_t n_echo;
@@ -215,17 +198,15 @@ static bool cmpl_stream_options(const json_t *root, cmpl_req_t *q, api_fail_t *f
     return true;
 }
 
-static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fail_t *f)
+bool api__cmpl_common(const api_t *a, const json_t *root, cmpl_req_t *q, api_fail_t *f)
 {
     int max_pos = a->p.model->cfg.max_pos;
-    memset(q, 0, sizeof *q);
     q->max_tokens = CMPL_DEFAULT_MAX_TOKENS;
     q->temperature = 1;
     q->top_p = 1;
     q->seed = -1;
     q->logprobs = -1;
-    if (!api__check_fields(root, cmpl_fields, f) || !cmpl_neutral(root, f) ||
-        !api__get_str(root, "model", &q->model, NULL, f) ||
+    if (!cmpl_neutral(root, f) || !api__get_str(root, "model", &q->model, NULL, f) ||
         !api__get_int(root, "max_tokens", 0, max_pos, &q->max_tokens, f) ||
         !api__get_num(root, "temperature", 0, 2, false, &q->temperature, f) ||
         !api__get_num(root, "top_p", 0, 1, true, &q->top_p, f) ||
@@ -234,17 +215,25 @@ static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fa
         !api__get_bool(root, "stream", &q->stream, f) ||
         !api__get_bool(root, "ignore_eos", &q->ignore_eos, f) ||
         !api__get_bool(root, "return_token_ids", &q->return_token_ids, f) ||
-        !api__get_int(root, "logprobs", 0, API_LP_TOP_MAX, &q->logprobs, f) ||
-        !api__get_bool(root, "echo", &q->echo, f) ||
         !cmpl_stream_options(root, q, f) || !cmpl_stop(root, q, f))
         return false;
-    if (q->echo && q->stream)
-        return not_supported(f, "echo", "false when `stream` is true");
     if (!q->model)
         return api__fail(f, 400, "missing_field", "`model` is required");
     q->has_seed = q->seed >= 0;
     if (q->top_k < 0)
         q->top_k = 0; /* -1 (vLLM) and 0 (OpenAI-style) both mean off */
+    return true;
+}
+
+static bool cmpl_parse(const api_t *a, const json_t *root, cmpl_req_t *q, api_fail_t *f)
+{
+    memset(q, 0, sizeof *q);
+    if (!api__check_fields(root, cmpl_fields, f) || !api__cmpl_common(a, root, q, f) ||
+        !api__get_int(root, "logprobs", 0, API_LP_TOP_MAX, &q->logprobs, f) ||
+        !api__get_bool(root, "echo", &q->echo, f))
+        return false;
+    if (q->echo && q->stream)
+        return not_supported(f, "echo", "false when `stream` is true");
     return cmpl_prompt(root, a->p.model->cfg.n_vocab, q, f);
 }
 
@@ -295,8 +284,24 @@ static const char *finish_str(core_finish_t fin)
 /* {"id", "object", "created", "model", "choices": [choice]} with choice stolen. */
 static json_t *cmpl_envelope(const cmpl_job_t *j, json_t *choices)
 {
-    return json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", j->id, "object", "text_completion",
+    const char *object = !j->chat ? "text_completion"
+                         : j->stream ? "chat.completion.chunk" : "chat.completion";
+    return json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", j->id, "object", object,
                      "created", (json_int_t)j->created, "model", j->model, "choices", choices);
+}
+
+/* A chat choice: the whole message (plain) or a delta (stream; the first carries the
+ * role, the last is empty with the finish reason). */
+static json_t *chat_choice(cmpl_job_t *j, const char *text, size_t len, const char *finish)
+{
+    json_t *msg = json_object();
+    if (!j->stream || !j->sent_role)
+        json_object_set_new(msg, "role", json_string("assistant"));
+    if (!j->stream || len || !finish)
+        json_object_set_new(msg, "content", api__json_text(text, len));
+    j->sent_role = true;
+    return json_pack("{s:i,s:o,s:n,s:o}", "index", 0, j->stream ? "delta" : "message", msg,
+                     "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
 }
 
 static json_t *cmpl_choice(const char *text, size_t len, const char *finish)
@@ -304,6 +309,12 @@ static json_t *cmpl_choice(const char *text, size_t len, const char *finish)
     return json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", api__json_text(text, len),
                      "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
 }
+
+static json_t *cmpl_choice_of(cmpl_job_t *j, const char *text, size_t len, const char *finish)
+{
+    return j->chat ? chat_choice(j, text, len, finish) : cmpl_choice(text, len, finish);
+}
+
 
 static void sse_write(cmpl_job_t *j, json_t *doc)
 {
@@ -324,7 +335,7 @@ static void sse_write(cmpl_job_t *j, json_t *doc)
 static void sse_chunk(cmpl_job_t *j, const char *text, size_t len, const char *finish,
                       const int32_t *token)
 {
-    json_t *choice = cmpl_choice(text, len, finish);
+    json_t *choice = cmpl_choice_of(j, text, len, finish);
     if (j->lp && api__lp_count(j->lp) > j->lp_sent) { /* the tokens since the last chunk */
         size_t n = api__lp_count(j->lp);
         json_object_set_new(choice, "logprobs", api__lp_json(j->lp, j->lp_sent, n));
@@ -422,7 +433,7 @@ static json_t *plain_choice(cmpl_job_t *j, const core_event_t *ev)
         choice = cmpl_choice(all, j->n_echo + j->n_text, finish_str(ev->finish));
         free(all);
     } else {
-        choice = cmpl_choice(j->text, j->n_text, finish_str(ev->finish));
+        choice = cmpl_choice_of(j, j->text, j->n_text, finish_str(ev->finish));
     }
     if (choice && j->lp)
         json_object_set_new(choice, "logprobs", api__lp_json(j->lp, 0, api__lp_count(j->lp)));
@@ -570,7 +581,9 @@ static cmpl_job_t *cmpl_job_new(api_t *a, const cmpl_req_t *q, api_sink_t *sink)
     j->include_usage = q->include_usage;
     j->return_token_ids = q->return_token_ids;
     j->created = (int64_t)time(NULL);
-    snprintf(j->id, sizeof j->id, "%s-%016llx%08llx", q->score ? "score" : "cmpl",
+    j->chat = q->chat;
+    snprintf(j->id, sizeof j->id, "%s-%016llx%08llx",
+             q->score ? "score" : q->chat ? "chatcmpl" : "cmpl",
              (unsigned long long)api__rand(a), (unsigned long long)(api__rand(a) >> 32));
     j->model = strdup(q->model);
     bool keep_ids = q->return_token_ids || q->logprobs >= 0 || q->score || q->echo;
@@ -686,8 +699,8 @@ static bool cmpl_acquire(api_t *a, cmpl_job_t *j, bool *pending, api_fail_t *f)
 
 /* A validated, tokenized request (q, its body root and selection terms t, all taken over
  * here) becomes a job: submitted now, or waiting for its adapters. */
-static void cmpl_start(api_t *a, json_t *root, cmpl_req_t *q, api_terms_t *t, api_sink_t *sink,
-                       api_job_t **job)
+void api__cmpl_start(api_t *a, json_t *root, cmpl_req_t *q, api_terms_t *t, api_sink_t *sink,
+                     api_job_t **job)
 {
     api_fail_t f;
     bool pending = false;
@@ -724,7 +737,7 @@ void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, ap
     memset(&t, 0, sizeof t);
     if (api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
         api__sel_gather(a, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f)) {
-        cmpl_start(a, root, &q, &t, sink, job);
+        api__cmpl_start(a, root, &q, &t, sink, job);
         return;
     }
     free(q.ids);
@@ -801,7 +814,7 @@ void api__h_score(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_
     memset(&t, 0, sizeof t);
     if (api__parse_body(req, &root, &f) && score_parse(a, root, &q, &f) &&
         api__sel_gather(a, root, q.model, &t, &f)) {
-        cmpl_start(a, root, &q, &t, sink, job);
+        api__cmpl_start(a, root, &q, &t, sink, job);
         return;
     }
     free(q.ids);

@@ -97,6 +97,8 @@ bool api__list_adapters(api_t *a, api_sink_t *sink, store_adapter_t **rows, size
 typedef void (*api_handler_fn)(api_t *a, const api_request_t *req, api_sink_t *sink,
                                api_job_t **job);
 void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+/* POST /v1/chat/completions (api/chat.c). */
+void api__h_chat(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 /* POST /v1/score: {model (+ adapter fields), prompt, target} -> per-token logprobs of target. */
 void api__h_score(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_healthz(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);

@@ -45,6 +45,9 @@ static const flag_t flags[] = {
      "name the base model is served as (empty: the model folder's base name)"},
     {"adapters-dir", FLAG_STR, OFF(adapters_dir), "", 0, 0, SERVE, "DIR",
      "import every PEFT sub-folder of DIR at start-up, named after the sub-folder (empty: none)"},
+    {"chat-template", FLAG_STR, OFF(chat_template), "", 0, 0, SERVE, "FILE",
+     "Jinja chat template for /v1/chat/completions (empty: chat_template of the model's "
+     "tokenizer_config.json; none: chat answers 400)"},
     {"data-dir", FLAG_STR, OFF(data_dir), "./data", 0, 0, BOTH, "DIR",
      "state folder: adapterd.db (the adapter index), adapterd.lock, blobs/ (adapter files "
      "by sha256) and tmp/"},

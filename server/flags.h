@@ -34,6 +34,7 @@ typedef struct {
     const char *model_dir;
     const char *model_name;   /* "" = the model folder's base name */
     const char *adapters_dir; /* "" = none */
+    const char *chat_template; /* "" = the model's tokenizer_config.json */
     const char *data_dir;
     const char *name; /* import: the adapter's name */
     int threads;

@@ -22,6 +22,7 @@
 
 #include "api/api.h"
 #include "api/metrics.h"
+#include "core/chat.h"
 #include "core/engine.h"
 #include "core/gemm.h"
 #include "core/model.h"
@@ -143,6 +144,7 @@ struct srv_server {
     srv_config_t cfg;
     core_model_t *model;
     core_tok_t *tok;
+    core_chat_t *chat; /* NULL: no chat template */
     store_t *store;
     core_engine_t *engine;
     api_t *api;
@@ -298,6 +300,55 @@ static int roots_split(srv_server_t *s)
     return 0;
 }
 
+/* A whole small file. OUT: *text malloc'd (NUL-terminated), *len. */
+static rc_t srv_read_file(const char *path, size_t max, char **text, size_t *len,
+                          core_err_t *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return core_err(err, RC_NOT_FOUND, "cannot open");
+    char *buf = malloc(max + 1);
+    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+    rc_t rc = !buf ? core_err(err, RC_NOMEM, "out of memory")
+              : ferror(f) ? core_err(err, RC_IO, "read error")
+              : n > max   ? core_err(err, RC_LIMIT, "larger than %zu bytes", max)
+                          : RC_OK;
+    fclose(f);
+    if (rc != RC_OK) {
+        free(buf);
+        return rc;
+    }
+    buf[n] = 0;
+    *text = buf;
+    *len = n;
+    return RC_OK;
+}
+
+/* The chat template: --chat-template FILE, else the model's tokenizer_config.json. A model
+ * without one serves everything but chat (which answers 400 saying so); a template that
+ * does not compile stops start-up when given by flag, and only disables chat otherwise. */
+static int chat_open(srv_server_t *s)
+{
+    const srv_config_t *cfg = &s->cfg;
+    core_err_t err = {{0}};
+    rc_t rc;
+    if (cfg->chat_template[0]) {
+        char *text = NULL;
+        size_t len = 0;
+        rc = srv_read_file(cfg->chat_template, 1u << 20, &text, &len, &err);
+        if (rc == RC_OK)
+            rc = core_chat_from_text(text, len, NULL, NULL, &s->chat, &err);
+        free(text);
+        return rc == RC_OK ? 0 : fail(cfg->chat_template, rc, &err);
+    }
+    rc = core_chat_load(cfg->model_dir, &s->chat, &err);
+    if (rc == RC_NOT_FOUND)
+        srv_log(SRV_LOG_INFO, "no chat template (%s): /v1/chat/completions answers 400", err.msg);
+    else if (rc != RC_OK)
+        srv_log(SRV_LOG_WARN, "chat template disabled: %s", err.msg);
+    return 0;
+}
+
 /* Model, tokenizer, store (+ --adapters-dir imports), engine, api. The loop exists already
  * (the store's executor queues onto it); it runs only later. */
 static int server_open_core(srv_server_t *s)
@@ -312,6 +363,8 @@ static int server_open_core(srv_server_t *s)
     rc_t rc = core_tok_load(path, &s->tok, &err);
     if (rc != RC_OK)
         return fail(path, rc, &err);
+    if (chat_open(s) != 0)
+        return 1;
     store_params_t sp = store_params_of(cfg, s->model);
     sp.exec = (store_exec_t){.ctx = &s->loop, .submit = store_exec_submit};
     rc = store_open(&sp, &s->store, &err);
@@ -344,6 +397,7 @@ static int server_open_core(srv_server_t *s)
                        .tok = s->tok,
                        .engine = s->engine,
                        .store = s->store,
+                       .chat = s->chat,
                        .model_name = s->model->name,
                        .max_upload_bytes = cfg->max_upload_bytes,
                        .allow_local_paths = cfg->allow_local_adapter_paths != 0,
@@ -539,6 +593,7 @@ void srv_server_free(srv_server_t *s)
     free(s->roots);
     if (s->tok)
         core_tok_free(s->tok);
+    core_chat_free(s->chat);
     if (s->model)
         core_model_free(s->model);
     free(s);
