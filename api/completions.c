@@ -23,6 +23,7 @@
 
 #include "api/cmpl_int.h"
 #include "api/logprobs.h"
+#include "api/metrics.h"
 
 #define CMPL_STOP_MAX_BYTES 256
 #define CMPL_DEFAULT_MAX_TOKENS 16
@@ -52,6 +53,8 @@ typedef struct {
     size_t lp_sent;      /* stream: entries already sent */
     bool score, echo, chat;
     bool sent_role;      /* chat stream: the first delta (with the role) went out */
+    double t_submit, t_last, ttft; /* metrics: monotonic seconds (engine thread after submit) */
+    bool got_first;
     size_t n_target;
     char *echo_text;     /* echo: the prompt as text */
     size_t n_echo;
@@ -508,10 +511,36 @@ static void score_done(cmpl_job_t *j, const core_event_t *ev)
     api__send_json(j->sink, 200, doc);
 }
 
+static double cmpl_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Time to first token, inter-token times, and at the end the whole generation. */
+static void cmpl_observe(cmpl_job_t *j, const core_event_t *ev)
+{
+    double now = cmpl_now();
+    if (ev->kind == CORE_EV_TOKEN) {
+        if (j->got_first)
+            api_metrics_observe_itl(now - j->t_last);
+        else
+            j->ttft = now - j->t_submit;
+        j->got_first = true;
+        j->t_last = now;
+    } else if (ev->kind != CORE_EV_PROMPT) {
+        api_metrics_observe_generation(j->score ? "score" : j->chat ? "chat" : "completion",
+                                       j->got_first ? j->ttft : -1, now - j->t_submit,
+                                       ev->n_prompt, ev->n_gen);
+    }
+}
+
 /* Engine thread. */
 static void cmpl_on_event(void *user, const core_event_t *ev)
 {
     cmpl_job_t *j = user;
+    cmpl_observe(j, ev); /* before the final event's answer: the job may be freed after it */
     if (ev->kind == CORE_EV_PROMPT) {
         if (j->lp)
             lp_prompt_rows(j, ev);
@@ -634,6 +663,7 @@ static bool cmpl_submit(api_t *a, cmpl_job_t *j, const cmpl_req_t *q, const api_
     if (!a->p.engine)
         return api__fail(f, 503, "no_engine", "the generation engine is not running");
     core_request_t r = cmpl_request(a, q, sel, j);
+    j->t_submit = cmpl_now(); /* before submit: the first event may come at once */
     rc_t rc = core_engine_submit(a->p.engine, &r, &j->req_id, &err);
     if (rc == RC_BUSY)
         return api__fail(f, 429, "server_busy", "the server is busy; retry shortly");

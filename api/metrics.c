@@ -394,11 +394,39 @@ void api_mreg_write(api_mreg_t *r, api_mtext_t *t)
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static api_mreg_t *g_reg;
 static api_mfam_t *g_requests, *g_duration;
+static api_mfam_t *g_ttft, *g_itl, *g_e2e, *g_tok_in, *g_tok_out;
 static double g_start;
 
 /* Request latencies run from a millisecond (/healthz) to minutes (long generations). */
 static const double duration_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                          1,     2.5,    5,     10,   30,    60,   120, 300};
+
+static const double ttft_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                     2.5,   5,    10,    30,   60,  120,  300};
+static const double itl_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
+                                    0.1,   0.15,   0.2,   0.3,  0.5,  1,    2.5};
+
+/* Generation families (api_metrics_observe_generation / _itl). */
+static void metrics_init_generation(void)
+{
+    static const char *const kind[] = {"kind"};
+    g_ttft = api_mreg_histogram(g_reg, "adapterd_time_to_first_token_seconds",
+                                "From submitting a request to the engine to its first token, by "
+                                "kind (completion, chat).",
+                                kind, 1, ttft_bounds, (int)(sizeof ttft_bounds / sizeof ttft_bounds[0]));
+    g_itl = api_mreg_histogram(g_reg, "adapterd_inter_token_seconds",
+                               "Time between two tokens of one sequence.", NULL, 0, itl_bounds,
+                               (int)(sizeof itl_bounds / sizeof itl_bounds[0]));
+    g_e2e = api_mreg_histogram(g_reg, "adapterd_generation_seconds",
+                               "From submitting a request to the engine to its last event, by "
+                               "kind (completion, chat, score).",
+                               kind, 1, duration_bounds,
+                               (int)(sizeof duration_bounds / sizeof duration_bounds[0]));
+    g_tok_in = api_mreg_counter(g_reg, "adapterd_prompt_tokens_total",
+                                "Prompt tokens of finished requests, by kind.", kind, 1);
+    g_tok_out = api_mreg_counter(g_reg, "adapterd_generation_tokens_total",
+                                 "Generated tokens of finished requests, by kind.", kind, 1);
+}
 
 static void metrics_init_once(void)
 {
@@ -416,6 +444,7 @@ static void metrics_init_once(void)
         g_reg, "adapterd_http_request_duration_seconds",
         "Time from a request head's first byte to the end of its response, by route pattern.",
         dur_labels, 1, duration_bounds, (int)(sizeof duration_bounds / sizeof duration_bounds[0]));
+    metrics_init_generation();
 }
 
 void api_metrics_init(void)
@@ -443,6 +472,24 @@ void api_metrics_observe_request(const char *route, const char *method, int stat
     const char *const labels[] = {route ? route : "other", method ? method : "other", code};
     api_mfam_add(g_requests, labels, 1);
     api_mfam_observe(g_duration, labels, seconds);
+}
+
+void api_metrics_observe_generation(const char *kind, double ttft, double e2e, int n_prompt,
+                                    int n_gen)
+{
+    api_metrics_init();
+    const char *const k[] = {kind};
+    if (ttft >= 0)
+        api_mfam_observe(g_ttft, k, ttft);
+    api_mfam_observe(g_e2e, k, e2e);
+    api_mfam_add(g_tok_in, k, n_prompt);
+    api_mfam_add(g_tok_out, k, n_gen);
+}
+
+void api_metrics_observe_itl(double seconds)
+{
+    api_metrics_init();
+    api_mfam_observe(g_itl, NULL, seconds);
 }
 
 /* ---- GET /metrics: the scrape-time families --------------------------------------- */

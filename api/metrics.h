@@ -86,6 +86,12 @@ void api_metrics_init(void);
  * the response's end. Counts adapterd_http_requests_total and observes
  * adapterd_http_request_duration_seconds. */
 void api_metrics_observe_request(const char *route, const char *method, int status, double seconds);
+/* One finished generation (engine thread): ttft < 0 when no token came (score, errors);
+ * e2e and ttft from the engine submit. */
+void api_metrics_observe_generation(const char *kind, double ttft, double e2e, int n_prompt,
+                                    int n_gen);
+/* The time between two tokens of one sequence (engine thread). */
+void api_metrics_observe_itl(double seconds);
 /* The process-wide registry (after api_metrics_init; NULL when it could not be made). */
 api_mreg_t *api_metrics_registry(void);
 /* Unix time (seconds, with fractions) api_metrics_init first ran. */

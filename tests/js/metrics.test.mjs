@@ -64,6 +64,11 @@ const FAMILIES = {
   "vllm:lora_requests_info": "GAUGE",
   adapterd_build_info: "GAUGE",
   adapterd_start_time_seconds: "GAUGE",
+  adapterd_time_to_first_token_seconds: "HISTOGRAM",
+  adapterd_inter_token_seconds: "HISTOGRAM",
+  adapterd_generation_seconds: "HISTOGRAM",
+  adapterd_prompt_tokens_total: "COUNTER",
+  adapterd_generation_tokens_total: "COUNTER",
 };
 
 const req = (method, path, body) => fetch(`${d.base}${path}`, {
@@ -127,6 +132,21 @@ const failed = await runTap([
     }
     const o = histogram(m1.text, "adapterd_http_request_duration_seconds", "other");
     assert.ok(o.count >= 1, "the 404 is observed under route=other");
+  }],
+  ["generation families: one completion of 4 tokens, its TTFT and 3 inter-token times", async () => {
+    const k = { kind: "completion" };
+    // The parser keeps no _count of labelled histograms: read the sample line itself.
+    const count = (m, name, want) => {
+      const lbl = Object.entries(want).map(([kk, v]) => `${kk}="${v}"`).join(",");
+      const head = lbl ? `${name}_count{${lbl}} ` : `${name}_count `;
+      const line = m.text.split("\n").find((l) => l.startsWith(head));
+      return line ? Number(line.slice(head.length)) : 0;
+    };
+    assert.equal(count(m1, "adapterd_time_to_first_token_seconds", k) - count(m0, "adapterd_time_to_first_token_seconds", k), 1);
+    assert.equal(count(m1, "adapterd_generation_seconds", k) - count(m0, "adapterd_generation_seconds", k), 1);
+    assert.equal(count(m1, "adapterd_inter_token_seconds", {}) - count(m0, "adapterd_inter_token_seconds", {}), 3);
+    assert.equal(value(m1, "adapterd_generation_tokens_total", k) - value(m0, "adapterd_generation_tokens_total", k), 4);
+    assert.ok(value(m1, "adapterd_prompt_tokens_total", k) - value(m0, "adapterd_prompt_tokens_total", k) >= 2);
   }],
   ["engine counters moved with the completion", async () => {
     const steps = value(m1, "adapterd_engine_steps_total") - value(m0, "adapterd_engine_steps_total");
