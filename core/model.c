@@ -625,8 +625,9 @@ static void set_name(core_model_t *m, const char *dir)
         snprintf(m->name, sizeof m->name, "%.*s", (int)(n - b), dir + b);
 }
 
-/* Allocate the arena and fill every expected tensor from st. */
-static rc_t load_weights(model_owned_t *o, const core_st_t *st, core_err_t *err)
+/* Allocate the arena and fill every expected tensor from st, reporting progress. */
+static rc_t load_weights(model_owned_t *o, const core_st_t *st, const core_model_load_params_t *lp,
+                         core_err_t *err)
 {
     core_model_t *m = &o->pub;
     const core_config_t *c = &m->cfg;
@@ -651,6 +652,8 @@ static rc_t load_weights(model_owned_t *o, const core_st_t *st, core_err_t *err)
         if ((rc = load_tensor(st, &w[i], o->arena + off, err)))
             goto out;
         off += (want_elems(&w[i]) + 15) & ~(size_t)15;
+        if (lp && lp->progress)
+            lp->progress(lp->user, off * sizeof(float), total * sizeof(float));
     }
     if (c->tie_embeddings)
         m->lm_head = m->embed;
@@ -664,6 +667,12 @@ out:
 }
 
 rc_t core_model_load(const char *dir, core_model_t **out, core_err_t *err)
+{
+    return core_model_load_ex(dir, NULL, out, err);
+}
+
+rc_t core_model_load_ex(const char *dir, const core_model_load_params_t *lp, core_model_t **out,
+                        core_err_t *err)
 {
     char path[4096], *text = NULL;
     core_st_t *st = NULL;
@@ -688,7 +697,7 @@ rc_t core_model_load(const char *dir, core_model_t **out, core_err_t *err)
         rc = core_err(err, RC_NOMEM, "model: out of memory");
         goto out;
     }
-    if ((rc = core_st_open_dir(dir, &st, err)) || (rc = load_weights(o, st, err)))
+    if ((rc = core_st_open_dir(dir, &st, err)) || (rc = load_weights(o, st, lp, err)))
         goto out;
     set_name(&o->pub, dir);
     *out = &o->pub;

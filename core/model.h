@@ -94,6 +94,15 @@ typedef struct {
 } core_model_t;
 
 rc_t core_model_load(const char *dir, core_model_t **out, core_err_t *err);
+
+/* Progress of a load: called on the loading thread after each tensor, with the f32 bytes
+ * converted so far and in all (for a progress bar or log lines). */
+typedef struct {
+    void (*progress)(void *user, size_t done_bytes, size_t total_bytes);
+    void *user;
+} core_model_load_params_t;
+rc_t core_model_load_ex(const char *dir, const core_model_load_params_t *p, core_model_t **out,
+                        core_err_t *err);
 void core_model_free(core_model_t *m);
 
 /* ---- paged KV cache ------------------------------------------------------------- *

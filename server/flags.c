@@ -36,6 +36,9 @@ typedef struct {
 #define MS_MAX 86400000LL /* one day */
 
 static const flag_t flags[] = {
+    {"config", FLAG_STR, OFF(config), "", 0, 0, BOTH, "FILE",
+     "a file of `name = value` lines (flag names without --, # comments, \"quotes\" keep "
+     "spaces); its values rank under the environment and the flags"},
     {"host", FLAG_STR, OFF(host), "127.0.0.1", 0, 0, SERVE, "ADDR",
      "address to listen on (IPv4 or IPv6 literal)"},
     {"port", FLAG_INT, OFF(port), "8080", 0, 65535, SERVE, "N", "TCP port to listen on"},
@@ -135,8 +138,9 @@ static const char usage[] =
     "`import` validates the PEFT folder DIR against the base model, indexes it in the store\n"
     "and prints the stored row as JSON.\n"
     "\n"
-    "Every flag can also be set by its environment variable; a flag wins over the\n"
-    "environment, the environment over the default.\n";
+    "Every flag can also be set by its environment variable or in a --config file; a flag\n"
+    "wins over the environment, the environment over the config file, the config file over\n"
+    "the default.\n";
 
 static void env_name(const flag_t *f, char *buf, size_t cap)
 {
@@ -210,18 +214,109 @@ static bool flag_set(srv_config_t *cfg, const flag_t *f, const char *value, cons
     return false;
 }
 
-static bool apply_defaults_and_env(srv_config_t *cfg, FILE *err)
+static bool apply_defaults(srv_config_t *cfg, FILE *err)
+{
+    for (size_t i = 0; i < N_FLAGS; i++)
+        if (!flag_set(cfg, &flags[i], flags[i].def, "built-in default", err))
+            return false;
+    return true;
+}
+
+static bool apply_env(srv_config_t *cfg, FILE *err)
 {
     for (size_t i = 0; i < N_FLAGS; i++) {
         char src[96];
-        if (!flag_set(cfg, &flags[i], flags[i].def, "built-in default", err))
-            return false;
         env_name(&flags[i], src, sizeof src);
         const char *env = getenv(src);
         if (env && !flag_set(cfg, &flags[i], env, src, err))
             return false;
     }
     return true;
+}
+
+/* ---- the config file: "name = value" lines, under the environment and the flags ---- */
+
+#define CONFIG_MAX_BYTES (1u << 20)
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        s[--n] = 0;
+    return s;
+}
+
+/* One line (modified in place; its value stays referenced by cfg). */
+static bool config_line(srv_config_t *cfg, const char *file, int line_no, char *line, FILE *err)
+{
+    char src[600];
+    line = trim(line);
+    if (!line[0] || line[0] == '#')
+        return true;
+    char *eq = strchr(line, '=');
+    if (!eq) {
+        fprintf(err, "adapterd: %s:%d: expected `name = value`\n", file, line_no);
+        return false;
+    }
+    *eq = 0;
+    char *name = trim(line), *value = trim(eq + 1);
+    size_t vn = strlen(value);
+    if (vn >= 2 && value[0] == '"' && value[vn - 1] == '"') { /* "quoted" keeps spaces */
+        value[vn - 1] = 0;
+        value++;
+    }
+    const flag_t *f = flag_find(name, strlen(name));
+    if (!f || strcmp(name, "config") == 0) {
+        fprintf(err, "adapterd: %s:%d: unknown option '%s' (names are the flags without --)\n",
+                file, line_no, name);
+        return false;
+    }
+    snprintf(src, sizeof src, "%s:%d: %s", file, line_no, f->name);
+    return flag_set(cfg, f, value, src, err);
+}
+
+/* The file stays allocated for the process's life: string options point into it. */
+static bool apply_config_file(srv_config_t *cfg, const char *file, FILE *err)
+{
+    FILE *fp = fopen(file, "rb");
+    if (!fp) {
+        fprintf(err, "adapterd: config file %s: cannot open\n", file);
+        return false;
+    }
+    char *buf = malloc(CONFIG_MAX_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, CONFIG_MAX_BYTES + 1, fp) : 0;
+    fclose(fp);
+    if (!buf || n > CONFIG_MAX_BYTES || memchr(buf, 0, n)) {
+        fprintf(err, "adapterd: config file %s: %s\n", file,
+                !buf ? "out of memory" : n > CONFIG_MAX_BYTES ? "larger than 1 MiB" : "NUL byte");
+        free(buf);
+        return false;
+    }
+    buf[n] = 0;
+    int line_no = 1;
+    for (char *line = buf, *next; line; line = next, line_no++) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = 0;
+        if (!config_line(cfg, file, line_no, line, err))
+            return false; /* buf leaks on the way to exit(2): harmless */
+    }
+    return true;
+}
+
+/* --config FILE / --config=FILE on the command line, else ADAPTERD_CONFIG, else none. */
+static const char *config_path(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            return argv[i + 1];
+        if (strncmp(argv[i], "--config=", 9) == 0)
+            return argv[i] + 9;
+    }
+    const char *env = getenv("ADAPTERD_CONFIG");
+    return env && env[0] ? env : NULL;
 }
 
 /* A positional argument: the command (first one only) or import's DIR. */
@@ -329,7 +424,9 @@ int srv_flags_parse(srv_config_t *cfg, int argc, char **argv, FILE *out, FILE *e
             return 0;
         }
     }
-    if (!apply_defaults_and_env(cfg, err))
+    const char *conf = config_path(argc, argv);
+    if (!apply_defaults(cfg, err) || (conf && !apply_config_file(cfg, conf, err)) ||
+        !apply_env(cfg, err))
         return 2;
     int n_pos = 0;
     uint64_t given = 0; /* bit i: flags[i] was on the command line */

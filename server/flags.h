@@ -9,9 +9,12 @@
  * Commands: `adapterd [serve] [flags]` (the default) and
  * `adapterd import DIR --name NAME [flags]`.
  *
+ * A --config FILE (or ADAPTERD_CONFIG) holds `name = value` lines with the same names;
+ * precedence: flag > environment > config file > default.
+ *
  * Threads: main thread, before anything else starts. Ownership: string values in
- * srv_config_t point into argv, the environment or static defaults; they live as long as
- * the process. */
+ * srv_config_t point into argv, the environment, the config file's text (kept for the
+ * process's life) or static defaults; they live as long as the process. */
 #ifndef SERVER_FLAGS_H
 #define SERVER_FLAGS_H
 
@@ -27,6 +30,7 @@ enum { SRV_LOG_FORMAT_TEXT, SRV_LOG_FORMAT_JSON };
 
 typedef struct {
     srv_cmd_t cmd;
+    const char *config; /* --config FILE ("" = none) */
     const char *import_dir; /* import: the PEFT folder (positional) */
 
     const char *host;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api/api.h"
 #include "api/metrics.h"
@@ -42,13 +43,42 @@ static int fail(const char *what, rc_t rc, const core_err_t *err)
     return 1;
 }
 
+/* Model load progress: a bar redrawn in place on a terminal, else a log line every 10 %. */
+typedef struct {
+    bool tty;
+    int last; /* percent last shown, -1 = none */
+} load_progress_t;
+
+static void on_load_progress(void *user, size_t done, size_t total)
+{
+    load_progress_t *p = user;
+    int pct = total ? (int)(done * 100 / total) : 100;
+    if (p->tty) {
+        if (pct == p->last)
+            return;
+        char bar[41];
+        memset(bar, '#', (size_t)(pct * 40 / 100));
+        memset(bar + pct * 40 / 100, '.', (size_t)(40 - pct * 40 / 100));
+        bar[40] = 0;
+        fprintf(stderr, "\rloading model [%s] %3d%% %zu/%zu MB%s", bar, pct, done >> 20,
+                total >> 20, done >= total ? "\n" : "");
+    } else if (pct / 10 > p->last / 10 || (p->last < 0 && pct < 10)) {
+        srv_log(SRV_LOG_INFO, "loading model: %d%% (%zu of %zu MB)", pct, done >> 20, total >> 20);
+    } else {
+        return;
+    }
+    p->last = pct;
+}
+
 /* Load the base model and set its served name (--model-name, else the folder's name). */
 static int model_open(const srv_config_t *cfg, core_model_t **out)
 {
     core_err_t err = {{0}};
     char what[4200];
     snprintf(what, sizeof what, "model %s", cfg->model_dir);
-    rc_t rc = core_model_load(cfg->model_dir, out, &err);
+    load_progress_t prog = {.tty = isatty(STDERR_FILENO) != 0, .last = -1};
+    core_model_load_params_t lp = {.progress = on_load_progress, .user = &prog};
+    rc_t rc = core_model_load_ex(cfg->model_dir, &lp, out, &err);
     if (rc != RC_OK)
         return fail(what, rc, &err);
     core_model_t *m = *out;

@@ -469,6 +469,27 @@ def test_env_and_precedence(tap):
         st = read_response(s)[0]
         s.close()
         assert st == 200, st
+    # A --config file ranks under the environment and the flags.
+    conf = os.path.join(daemon.TMP, "precedence-%d.conf" % os.getpid())
+    with open(conf, "w") as f:
+        f.write("# limits\nmax-headers = 3\nmodel-name = \"from config\"\n")
+    hdrs4 = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-A: 1\r\n" * 4 + b"\r\n"
+    with daemon.Daemon(["--config", conf]) as d:
+        expect_error(d, hdrs4, 431)  # 5 fields > 3 from the file
+        st, _, body = d.request("GET", "/v1/models")
+        assert st == 200 and b"from config" in body, body
+    with daemon.Daemon(["--config", conf], env=env) as d:  # environment 5 beats the file's 3
+        s = d.connect()
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-A: 1\r\n" * 3 + b"\r\n")
+        st = read_response(s)[0]
+        s.close()
+        assert st == 200, st
+    with open(conf, "a") as f:
+        f.write("no-such-option = 1\n")
+    bad = subprocess.run([daemon.binary(), "--config", conf], capture_output=True, text=True,
+                         timeout=10)
+    assert bad.returncode == 2 and ":4: unknown option 'no-such-option'" in bad.stderr, bad.stderr
+    os.remove(conf)
 
 
 def test_import_and_adapters_dir(tap):
