@@ -195,12 +195,6 @@ void api__h_chat(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t
     ok = ok && chat_messages(root, &msgs, &f) && api__sel_gather(a, root, q.model, &t, &f) &&
          chat_prompt(a, root, msgs, &q, &f);
     json_decref(msgs);
-    if (ok) {
-        q.chat = true;
-        api__cmpl_start(a, root, &q, &t, sink, job);
-        return;
-    }
-    free(q.ids);
-    json_decref(root);
-    api__send_fail(sink, &f);
+    q.chat = true;
+    api__cmpl_start(a, ok ? NULL : &f, root, &q, &t, sink, job);
 }

@@ -32,9 +32,10 @@ typedef struct {
  * fields accepted only at their neutral value. Presets defaults first. */
 bool api__cmpl_common(const api_t *a, const json_t *root, cmpl_req_t *q, api_fail_t *f);
 
-/* Takes over root, q (its ids) and t: the request becomes a job, submitted now or waiting
- * for its adapters; failures are answered through sink. */
-void api__cmpl_start(api_t *a, json_t *root, cmpl_req_t *q, api_terms_t *t, api_sink_t *sink,
-                     api_job_t **job);
+/* Takes over root, q (its ids) and t. failed (the handler's first failure) is answered at
+ * once; otherwise the request becomes a job, submitted now or waiting for its adapters, and
+ * later failures are answered through sink too. */
+void api__cmpl_start(api_t *a, const api_fail_t *failed, json_t *root, cmpl_req_t *q,
+                     api_terms_t *t, api_sink_t *sink, api_job_t **job);
 
 #endif

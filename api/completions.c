@@ -729,11 +729,17 @@ static bool cmpl_acquire(api_t *a, cmpl_job_t *j, bool *pending, api_fail_t *f)
 
 /* A validated, tokenized request (q, its body root and selection terms t, all taken over
  * here) becomes a job: submitted now, or waiting for its adapters. */
-void api__cmpl_start(api_t *a, json_t *root, cmpl_req_t *q, api_terms_t *t, api_sink_t *sink,
-                     api_job_t **job)
+void api__cmpl_start(api_t *a, const api_fail_t *failed, json_t *root, cmpl_req_t *q,
+                     api_terms_t *t, api_sink_t *sink, api_job_t **job)
 {
     api_fail_t f;
     bool pending = false;
+    if (failed) {
+        free(q->ids);
+        json_decref(root);
+        api__send_fail(sink, failed);
+        return;
+    }
     cmpl_job_t *j = cmpl_job_new(a, q, sink);
     bool ok = j != NULL || api__fail(&f, 500, "nomem", "out of memory");
     if (ok) { /* the job owns the request from here */
@@ -765,14 +771,9 @@ void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, ap
     api_terms_t t;
     memset(&q, 0, sizeof q);
     memset(&t, 0, sizeof t);
-    if (api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
-        api__sel_gather(a, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f)) {
-        api__cmpl_start(a, root, &q, &t, sink, job);
-        return;
-    }
-    free(q.ids);
-    json_decref(root);
-    api__send_fail(sink, &f);
+    bool ok = api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
+              api__sel_gather(a, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f);
+    api__cmpl_start(a, ok ? NULL : &f, root, &q, &t, sink, job);
 }
 
 /* ---- POST /v1/score: log-probabilities of a target after a prompt ---- */
@@ -842,14 +843,9 @@ void api__h_score(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_
     api_terms_t t;
     memset(&q, 0, sizeof q);
     memset(&t, 0, sizeof t);
-    if (api__parse_body(req, &root, &f) && score_parse(a, root, &q, &f) &&
-        api__sel_gather(a, root, q.model, &t, &f)) {
-        api__cmpl_start(a, root, &q, &t, sink, job);
-        return;
-    }
-    free(q.ids);
-    json_decref(root);
-    api__send_fail(sink, &f);
+    bool ok = api__parse_body(req, &root, &f) && score_parse(a, root, &q, &f) &&
+              api__sel_gather(a, root, q.model, &t, &f);
+    api__cmpl_start(a, ok ? NULL : &f, root, &q, &t, sink, job);
 }
 
 /* Client gone. A job still waiting for adapters stops waiting and ends now; a submitted

@@ -16,17 +16,6 @@ typedef core__jinja_val_t val_t;
 typedef core__jinja_node_t node_t;
 typedef core__jinja_ev_t ev_t;
 
-#define TRY(x)                                                                          \
-    do {                                                                                \
-        rc_t rc_ = (x);                                                                 \
-        if (rc_)                                                                        \
-            return rc_;                                                                 \
-    } while (0)
-#define NEW(p)                                                                          \
-    do {                                                                                \
-        if (!(p))                                                                       \
-            return core__jinja_oom(ev);                                                 \
-    } while (0)
 #define FAIL(...) core__jinja_fail(ev, at, RC_FORMAT, __VA_ARGS__)
 
 static int name_is(const char *s, size_t len, const char *lit)

@@ -20,17 +20,6 @@ typedef core__jinja_ev_t ev_t;
 #define MAX_DEPTH 400u
 #define MEM_BASE ((size_t)64 << 20)
 
-#define TRY(x)                                                                          \
-    do {                                                                                \
-        rc_t rc_ = (x);                                                                 \
-        if (rc_)                                                                        \
-            return rc_;                                                                 \
-    } while (0)
-#define NEW(p)                                                                          \
-    do {                                                                                \
-        if (!(p))                                                                       \
-            return core__jinja_oom(ev);                                                 \
-    } while (0)
 
 static rc_t render_list(ev_t *ev, scope_t *sc, const core__jinja_list_t *l, core__jinja_sb_t *b);
 

@@ -232,4 +232,18 @@ rc_t core__jinja_call_builtin(core__jinja_ev_t *ev, const core__jinja_node_t *at
 core__jinja_val_t *core__jinja_builtin_attr(core__jinja_ev_t *ev, core__jinja_val_t *v, const char *k, size_t len);
 size_t core__jinja_utf16_len(const char *s, size_t n);
 
+/* Evaluation helpers of jinja_eval.c and jinja_builtin.c: return a failing rc as is; an
+ * allocation that gave NULL is the render's out-of-memory error (needs `ev` in scope). */
+#define TRY(x)                                                                          \
+    do {                                                                                \
+        rc_t rc_ = (x);                                                                 \
+        if (rc_)                                                                        \
+            return rc_;                                                                 \
+    } while (0)
+#define NEW(p)                                                                          \
+    do {                                                                                \
+        if (!(p))                                                                       \
+            return core__jinja_oom(ev);                                                 \
+    } while (0)
+
 #endif
