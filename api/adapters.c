@@ -8,6 +8,7 @@
  * The store references are released once the set has retained the LoRAs it needs.
  * Threads: the loop thread. See api/adapters.h for the contract. */
 #include "api/adapters.h"
+#include "api/tenancy.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -64,11 +65,12 @@ static bool sel_which(const json_t *root, const char **which, api_fail_t *f)
 /* Resolve spec in the store now (the adapter is acquired later, when every term is
  * known). what names its field in messages ("`adapters[1].name`"), or NULL for a
  * top-level field. OUT: canon "NAME@VERSION". */
-static bool sel_resolve(api_t *a, const char *spec, const char *what, char *canon, api_fail_t *f)
+static bool sel_resolve(api_t *a, int64_t tenant, const char *spec, const char *what, char *canon,
+                        api_fail_t *f)
 {
     store_adapter_t row;
     core_err_t err = {{0}};
-    rc_t rc = a->p.store ? store_resolve(a->p.store, spec, &row, &err) : RC_NOT_FOUND;
+    rc_t rc = a->p.store ? store_resolve(a->p.store, tenant, spec, &row, &err) : RC_NOT_FOUND;
     /* A malformed name (RC_INVALID) cannot exist either: same answer as an unknown one. */
     if ((rc == RC_NOT_FOUND || rc == RC_INVALID) && what)
         return api__fail(f, 404, "model_not_found", "The model `%.200s` does not exist (%s).", spec,
@@ -85,7 +87,7 @@ static bool sel_add(api_t *a, sel_terms_t *t, const char *spec, float w, const c
                     char *canon, api_fail_t *f)
 {
     char c[STORE_SPEC_MAX];
-    if (!sel_resolve(a, spec, what, c, f))
+    if (!sel_resolve(a, t->tenant, spec, what, c, f))
         return false;
     if (canon)
         snprintf(canon, SEL_SPEC_MAX, "%s", c);
@@ -216,7 +218,7 @@ static bool sel_combination(const json_t *root, bool *linear, api_fail_t *f)
 
 /* The adapter a `lora[i].id` names. OUT: spec "NAME@VERSION" for an index, else the name;
  * *rows, *n_rows: the GET /lora-adapters list, fetched on first use (caller frees). */
-static bool sel_lora_id(api_t *a, const json_t *e, const char *path, store_adapter_t **rows,
+static bool sel_lora_id(api_t *a, int64_t tenant, const json_t *e, const char *path, store_adapter_t **rows,
                         size_t *n_rows, char *spec, api_fail_t *f)
 {
     const json_t *id = json_object_get(e, "id");
@@ -243,7 +245,7 @@ static bool sel_lora_id(api_t *a, const json_t *e, const char *path, store_adapt
         return api__fail(f, 400, "invalid_value", "`%s.id` must be >= 0, got %lld", path, x);
     core_err_t err = {{0}};
     if (!*rows && a->p.store) {
-        rc_t rc = store_list(a->p.store, rows, n_rows, &err);
+        rc_t rc = store_list(a->p.store, tenant, rows, n_rows, &err);
         if (rc != RC_OK)
             return api__fail_rc(f, rc, &err);
     }
@@ -268,9 +270,9 @@ static bool sel_lora_entry(api_t *a, const json_t *e, size_t i, store_adapter_t 
     snprintf(path, sizeof path, "lora[%zu]", i);
     snprintf(what, sizeof what, "`%s.id`", path);
     if (!sel_entry_shape(e, path, keys, "{\"id\": index or name, \"scale\": number}", f) ||
-        !sel_lora_id(a, e, path, rows, n_rows, spec, f) ||
+        !sel_lora_id(a, t->tenant, e, path, rows, n_rows, spec, f) ||
         !sel_weight(e, "scale", path, true, &scale, f) ||
-        !sel_resolve(a, spec, what, seen[i], f))
+        !sel_resolve(a, t->tenant, spec, what, seen[i], f))
         return false;
     for (size_t k = 0; k < i; k++) {
         if (strcmp(seen[k], seen[i]) == 0)
@@ -410,11 +412,12 @@ static bool sel_terms(api_t *a, const json_t *root, const char *model, const cha
     return sel_add(a, t, spec, 1.0f, what, NULL, f);
 }
 
-bool api__sel_gather(api_t *a, const json_t *root, const char *model, api_terms_t *t,
-                     api_fail_t *f)
+bool api__sel_gather(api_t *a, int64_t tenant, const json_t *root, const char *model,
+                     api_terms_t *t, api_fail_t *f)
 {
     const char *which = NULL;
     memset(t, 0, sizeof *t);
+    t->tenant = tenant;
     return sel_which(root, &which, f) && sel_combination(root, &t->linear, f) &&
            sel_terms(a, root, model, which, t, f);
 }
@@ -441,17 +444,18 @@ bool api__acquire_fail(rc_t rc, const core_err_t *err, api_fail_t *f)
     }
 }
 
-bool api__select(api_t *a, const json_t *root, const char *model, api_sel_t *sel, api_fail_t *f)
+bool api__select(api_t *a, int64_t tenant, const json_t *root, const char *model, api_sel_t *sel,
+                 api_fail_t *f)
 {
     api_terms_t t;
     store_wait_t *wait = NULL;
     core_err_t err = {{0}};
     memset(sel, 0, sizeof *sel);
-    if (!api__sel_gather(a, root, model, &t, f))
+    if (!api__sel_gather(a, tenant, root, model, &t, f))
         return false;
     if (t.n == 0)
         return true;
-    rc_t rc = store_acquire(a->p.store, t.want, t.n, NULL, NULL, &wait, &err);
+    rc_t rc = store_acquire(a->p.store, tenant, t.want, t.n, NULL, NULL, &wait, &err);
     if (rc == RC_OK && wait) { /* only a synchronous executor completes in the call */
         store_wait_cancel(a->p.store, wait);
         return api__fail(f, 503, "adapter_unavailable", "adapter is still loading");
@@ -473,11 +477,10 @@ void api__sel_clear(api_sel_t *sel)
  * adapterd applies nothing unless a request asks. */
 void api__h_lora_adapters(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
 {
-    (void)req;
     (void)job;
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    if (!api__list_adapters(a, sink, &rows, &n))
+    if (!api__list_adapters(a, api__who(req)->tenant, sink, &rows, &n))
         return;
     json_t *list = json_array();
     for (size_t i = 0; list && i < n; i++) {

@@ -11,8 +11,9 @@
  * when none of them is present. An unknown adapter is 404 model_not_found naming it; a bad
  * shape is 400 naming the field by its path ("`adapters[1].weight` ..."). See docs/API.md.
  *
- * The fair-share group is the adapter selection as given (the adapter spec string, or a
- * canonical text of a composition); tenants replace it with a later issue.
+ * sel->group is a canonical text of the selection (the adapter spec string, or the terms of
+ * a composition): the access log's adapter field. The engine's fair-share group is the
+ * tenant (completions.c).
  *
  * Threads: the loop thread (adapters are resolved here; loads run on the store's executor;
  * a "linear" composition builds its mixed LoRA here once its terms are resident).
@@ -29,11 +30,12 @@
 /* The adapter selection of one request. */
 typedef struct {
     core_aset_t *aset;         /* NULL for the base model, else a new reference */
-    char group[API_GROUP_MAX]; /* "" for the base model */
+    char group[API_GROUP_MAX]; /* the selection as text, "" for the base model */
 } api_sel_t;
 
 /* The terms of a selection, gathered and resolved before the adapters are acquired. */
 typedef struct {
+    int64_t tenant; /* whose names these are */
     int n;
     store_want_t want[CORE_ASET_MAX];          /* spec = canonical NAME@VERSION */
     float w[CORE_ASET_MAX];
@@ -47,8 +49,8 @@ typedef struct {
 /* Validate the selection fields of root and resolve every adapter they name (unknown ->
  * 404 naming the field). model is the request's `model` (already checked to be a string).
  * OUT: *t (t->n == 0: the base model). Nothing is acquired yet. */
-bool api__sel_gather(api_t *a, const json_t *root, const char *model, api_terms_t *t,
-                     api_fail_t *f);
+bool api__sel_gather(api_t *a, int64_t tenant, const json_t *root, const char *model,
+                     api_terms_t *t, api_fail_t *f);
 /* Once every want holds its lora (store_acquire): build the set. Releases the wants'
  * references in every case. OUT: *sel. */
 bool api__sel_build(api_terms_t *t, api_sel_t *sel, api_fail_t *f);
@@ -58,7 +60,8 @@ void api__terms_release(api_terms_t *t);
 bool api__acquire_fail(rc_t rc, const core_err_t *err, api_fail_t *f);
 /* gather + acquire + build in one call: only for a store with a synchronous executor (tools
  * and tests); a load that would have to wait fails with 503. */
-bool api__select(api_t *a, const json_t *root, const char *model, api_sel_t *sel, api_fail_t *f);
+bool api__select(api_t *a, int64_t tenant, const json_t *root, const char *model, api_sel_t *sel,
+                 api_fail_t *f);
 /* Release sel's set (NULL-safe) and clear it. */
 void api__sel_clear(api_sel_t *sel);
 

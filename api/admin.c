@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "api/json_util.h"
+#include "api/tenancy.h"
 
 /* ---- pending changes ----------------------------------------------------------------- */
 
@@ -24,6 +25,7 @@ struct api_change {
     api_t *a;
     api_sink_t *sink; /* borrowed: the server keeps it until api_job_free */
     api_change_answer_fn answer;
+    int64_t tenant; /* the namespace the change acts in */
     char arg[API_PARAM_MAX + 1];
     char *arg2;     /* the store call's second string (malloc'd, or NULL) */
     bool answered;  /* the store's callback ran */
@@ -45,8 +47,8 @@ static void change_free(api_t *a, api_job_t *job)
 
 static const api_job_ops_t change_ops = {change_cancel, change_free};
 
-api_change_t *api__change_new(api_t *a, api_sink_t *sink, api_change_answer_fn answer,
-                              const char *arg)
+api_change_t *api__change_new(api_t *a, int64_t tenant, api_sink_t *sink,
+                              api_change_answer_fn answer, const char *arg)
 {
     api_change_t *c = calloc(1, sizeof *c);
     if (!c)
@@ -55,6 +57,7 @@ api_change_t *api__change_new(api_t *a, api_sink_t *sink, api_change_answer_fn a
     c->a = a;
     c->sink = sink;
     c->answer = answer;
+    c->tenant = tenant;
     snprintf(c->arg, sizeof c->arg, "%s", arg ? arg : "");
     return c;
 }
@@ -64,7 +67,7 @@ void api__change_done(void *user, rc_t rc, const store_adapter_t *row, const cor
     api_change_t *c = user;
     c->answered = true;
     /* Last touch of c: once the answer ends the sink the server may free the job. */
-    c->answer(c->a, c->sink, c->arg, rc, row, err);
+    c->answer(c->a, c->sink, c->tenant, c->arg, rc, row, err);
 }
 
 void api__change_started(api_t *a, api_change_t *c, api_job_t **job)
@@ -99,6 +102,10 @@ json_t *api__adapter_json(api_t *a, const store_adapter_t *r)
         (json_int_t)r->n_requests, "pinned", r->pinned, "state",
         store_state_str(rt.broken ? STORE_STATE_BROKEN : r->state), "resident", rt.resident,
         "loading", rt.loading, "in_use", rt.n_users);
+    if (o) { /* shared: another tenant's adapter this caller may use, not change */
+        json_object_set_new(o, "shared", json_boolean(r->shared));
+        json_object_set_new(o, "published", json_boolean(r->published));
+    }
     /* A load that just found it broken knows before the index does. */
     const char *why = r->state == STORE_STATE_BROKEN ? r->reason : rt.broken ? rt.reason : NULL;
     if (o && why)
@@ -134,6 +141,10 @@ bool api__fail_store(api_fail_t *f, rc_t rc, const core_err_t *err)
         return api__fail(f, 503, "store_unavailable", "%s", msg);
     case RC_NOSPACE:
         return api__fail(f, 507, "insufficient_storage", "%s", msg);
+    case RC_QUOTA: /* only deletes make room: no point retrying within the hour */
+        api__fail(f, 429, "storage_quota_exceeded", "%s", msg);
+        snprintf(f->headers, sizeof f->headers, "Retry-After: 3600\r\n");
+        return false;
     default:
         return api__fail_rc(f, rc, err);
     }
@@ -185,11 +196,12 @@ static bool spec_parse(const char *spec, char name[STORE_NAME_MAX + 1], int *ver
 }
 
 /* The alias called name. RC_NOT_FOUND when there is none. OUT: *out. */
-static rc_t alias_find(api_t *a, const char *name, store_alias_t *out, core_err_t *err)
+static rc_t alias_find(api_t *a, int64_t tenant, const char *name, store_alias_t *out,
+                       core_err_t *err)
 {
     store_alias_t *rows = NULL;
     size_t n = 0;
-    rc_t rc = store_aliases(a->p.store, &rows, &n, err);
+    rc_t rc = store_aliases(a->p.store, tenant, &rows, &n, err);
     if (rc != RC_OK)
         return rc;
     rc = RC_NOT_FOUND;
@@ -226,7 +238,7 @@ void api__h_adapters_list(api_t *a, const api_request_t *req, api_sink_t *sink, 
     (void)job;
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    if (!api__list_adapters(a, sink, &rows, &n))
+    if (!api__list_adapters(a, api__who(req)->tenant, sink, &rows, &n))
         return;
     json_t *data = json_array();
     for (size_t i = 0; data && i < n; i++)
@@ -236,14 +248,15 @@ void api__h_adapters_list(api_t *a, const api_request_t *req, api_sink_t *sink, 
 }
 
 /* {"object": "adapter.versions", ...} of every live version of name. RC_NOT_FOUND: none. */
-static rc_t adapter_versions(api_t *a, const char *name, json_t **out, core_err_t *err)
+static rc_t adapter_versions(api_t *a, int64_t tenant, const char *name, json_t **out,
+                             core_err_t *err)
 {
     store_adapter_t *rows = NULL;
     store_alias_t *al = NULL;
     size_t n = 0, n_al = 0, len = strlen(name);
-    rc_t rc = store_versions(a->p.store, name, &rows, &n, err);
+    rc_t rc = store_versions(a->p.store, tenant, name, &rows, &n, err);
     if (rc == RC_OK)
-        rc = store_aliases(a->p.store, &al, &n_al, err);
+        rc = store_aliases(a->p.store, tenant, &al, &n_al, err);
     if (rc != RC_OK) {
         free(rows);
         return rc;
@@ -279,9 +292,9 @@ void api__hp_adapter_get(api_t *a, const api_request_t *req, const char *spec, a
         api__send_fail(sink, &f);
         return;
     }
-    rc_t rc = version ? RC_NOT_FOUND : adapter_versions(a, name, &doc, &err);
+    rc_t rc = version ? RC_NOT_FOUND : adapter_versions(a, api__who(req)->tenant, name, &doc, &err);
     if (rc == RC_NOT_FOUND) { /* NAME@V, or an alias */
-        rc = store_resolve(a->p.store, spec, &row, &err);
+        rc = store_resolve(a->p.store, api__who(req)->tenant, spec, &row, &err);
         if (rc == RC_OK)
             doc = api__adapter_json(a, &row);
     }
@@ -300,7 +313,7 @@ void api__h_aliases_list(api_t *a, const api_request_t *req, api_sink_t *sink, a
     store_alias_t *rows = NULL;
     size_t n = 0;
     core_err_t err = {{0}};
-    rc_t rc = a->p.store ? store_aliases(a->p.store, &rows, &n, &err) : RC_OK;
+    rc_t rc = a->p.store ? store_aliases(a->p.store, api__who(req)->tenant, &rows, &n, &err) : RC_OK;
     if (rc != RC_OK) {
         send_fail_store(sink, rc, &err);
         return;
@@ -325,7 +338,7 @@ void api__hp_alias_get(api_t *a, const api_request_t *req, const char *name, api
         api__send_fail(sink, &f);
         return;
     }
-    rc_t rc = a->p.store ? alias_find(a, name, &al, &err) : RC_NOT_FOUND;
+    rc_t rc = a->p.store ? alias_find(a, api__who(req)->tenant, name, &al, &err) : RC_NOT_FOUND;
     if (rc == RC_NOT_FOUND)
         api_send_error(sink, 404, NULL, "alias_not_found", "no alias by that name");
     else if (rc != RC_OK)
@@ -341,10 +354,11 @@ void api__hp_alias_get(api_t *a, const api_request_t *req, const char *name, api
  * of arg and arg2 the job owns, so they outlive the task whatever the store keeps. */
 typedef void (*change_start_fn)(api_t *a, const char *arg, const char *arg2, api_change_t *c);
 
-static void change_run(api_t *a, api_sink_t *sink, api_change_answer_fn answer, const char *arg,
-                       const char *arg2, change_start_fn start, api_job_t **job)
+static void change_run(api_t *a, const api_request_t *req, api_sink_t *sink,
+                       api_change_answer_fn answer, const char *arg, const char *arg2,
+                       change_start_fn start, api_job_t **job)
 {
-    api_change_t *c = api__change_new(a, sink, answer, arg);
+    api_change_t *c = api__change_new(a, api__who(req)->tenant, sink, answer, arg);
     if (c && arg2) {
         c->arg2 = strdup(arg2);
         if (!c->arg2) {
@@ -360,9 +374,11 @@ static void change_run(api_t *a, api_sink_t *sink, api_change_answer_fn answer, 
     api__change_started(a, c, job);
 }
 
-static void answer_deleted(api_t *a, api_sink_t *sink, const char *spec, rc_t rc,
+static void answer_deleted(api_t *a, api_sink_t *sink, int64_t tenant,
+                        const char *spec, rc_t rc,
                            const store_adapter_t *row, const core_err_t *err)
 {
+    (void)tenant;
     (void)a;
     (void)spec;
     char id[STORE_SPEC_MAX + 8];
@@ -385,7 +401,7 @@ static void answer_deleted(api_t *a, api_sink_t *sink, const char *spec, rc_t rc
 static void start_delete(api_t *a, const char *spec, const char *unused, api_change_t *c)
 {
     (void)unused;
-    store_delete(a->p.store, spec, api__change_done, c);
+    store_delete(a->p.store, c->tenant, spec, api__change_done, c);
 }
 
 void api__hp_adapter_delete(api_t *a, const api_request_t *req, const char *spec, api_sink_t *sink,
@@ -401,12 +417,14 @@ void api__hp_adapter_delete(api_t *a, const api_request_t *req, const char *spec
         api__send_fail(sink, &f);
         return;
     }
-    change_run(a, sink, answer_deleted, spec, NULL, start_delete, job);
+    change_run(a, req, sink, answer_deleted, spec, NULL, start_delete, job);
 }
 
-static void answer_pin(api_t *a, api_sink_t *sink, const char *spec, rc_t rc,
+static void answer_pin(api_t *a, api_sink_t *sink, int64_t tenant,
+                        const char *spec, rc_t rc,
                        const store_adapter_t *row, const core_err_t *err)
 {
+    (void)tenant;
     (void)spec;
     if (rc != RC_OK || !row) {
         send_fail_store(sink, rc, err);
@@ -417,7 +435,7 @@ static void answer_pin(api_t *a, api_sink_t *sink, const char *spec, rc_t rc,
 
 static void start_pin(api_t *a, const char *spec, const char *pin, api_change_t *c)
 {
-    store_pin(a->p.store, spec, pin != NULL, api__change_done, c);
+    store_pin(a->p.store, c->tenant, spec, pin != NULL, api__change_done, c);
 }
 
 static void adapter_pin(api_t *a, const api_request_t *req, const char *spec, bool pin,
@@ -432,7 +450,7 @@ static void adapter_pin(api_t *a, const api_request_t *req, const char *spec, bo
         api__send_fail(sink, &f);
         return;
     }
-    change_run(a, sink, answer_pin, spec, pin ? "pin" : NULL, start_pin, job);
+    change_run(a, req, sink, answer_pin, spec, pin ? "pin" : NULL, start_pin, job);
 }
 
 void api__hp_adapter_pin(api_t *a, const api_request_t *req, const char *spec, api_sink_t *sink,
@@ -447,7 +465,8 @@ void api__hp_adapter_unpin(api_t *a, const api_request_t *req, const char *spec,
     adapter_pin(a, req, spec, false, sink, job);
 }
 
-static void answer_alias_put(api_t *a, api_sink_t *sink, const char *alias, rc_t rc,
+static void answer_alias_put(api_t *a, api_sink_t *sink, int64_t tenant,
+                        const char *alias, rc_t rc,
                              const store_adapter_t *row, const core_err_t *err)
 {
     store_alias_t al;
@@ -462,7 +481,7 @@ static void answer_alias_put(api_t *a, api_sink_t *sink, const char *alias, rc_t
         return;
     }
     /* The row is the target version; the alias row has the commit time. */
-    if (alias_find(a, alias, &al, &e2) != RC_OK) {
+    if (alias_find(a, tenant, alias, &al, &e2) != RC_OK) {
         snprintf(al.name, sizeof al.name, "%s", alias);
         snprintf(al.target, sizeof al.target, "%s@%d", row->name, row->version);
         al.updated = (int64_t)time(NULL);
@@ -472,7 +491,7 @@ static void answer_alias_put(api_t *a, api_sink_t *sink, const char *alias, rc_t
 
 static void start_alias_put(api_t *a, const char *alias, const char *target, api_change_t *c)
 {
-    store_alias_put(a->p.store, alias, target, api__change_done, c);
+    store_alias_put(a->p.store, c->tenant, alias, target, api__change_done, c);
 }
 
 /* The body of PUT /v1/aliases/ALIAS: {"adapter": "NAME" or "NAME@V"}. OUT: target. */
@@ -511,12 +530,14 @@ void api__hp_alias_put(api_t *a, const api_request_t *req, const char *alias, ap
         api__send_fail(sink, &f);
         return;
     }
-    change_run(a, sink, answer_alias_put, alias, target, start_alias_put, job);
+    change_run(a, req, sink, answer_alias_put, alias, target, start_alias_put, job);
 }
 
-static void answer_alias_deleted(api_t *a, api_sink_t *sink, const char *alias, rc_t rc,
+static void answer_alias_deleted(api_t *a, api_sink_t *sink, int64_t tenant,
+                        const char *alias, rc_t rc,
                                  const store_adapter_t *row, const core_err_t *err)
 {
+    (void)tenant;
     (void)a;
     (void)row;
     if (rc == RC_NOT_FOUND) {
@@ -535,7 +556,7 @@ static void answer_alias_deleted(api_t *a, api_sink_t *sink, const char *alias, 
 static void start_alias_delete(api_t *a, const char *alias, const char *unused, api_change_t *c)
 {
     (void)unused;
-    store_alias_delete(a->p.store, alias, api__change_done, c);
+    store_alias_delete(a->p.store, c->tenant, alias, api__change_done, c);
 }
 
 void api__hp_alias_delete(api_t *a, const api_request_t *req, const char *alias, api_sink_t *sink,
@@ -550,7 +571,7 @@ void api__hp_alias_delete(api_t *a, const api_request_t *req, const char *alias,
         api__send_fail(sink, &f);
         return;
     }
-    change_run(a, sink, answer_alias_deleted, alias, NULL, start_alias_delete, job);
+    change_run(a, req, sink, answer_alias_deleted, alias, NULL, start_alias_delete, job);
 }
 
 /* ---- vLLM: load / unload a server-side folder -------------------------------------------- */
@@ -614,7 +635,8 @@ static bool req_str(const json_t *root, const char *key, const char **s, api_fai
     return true;
 }
 
-static void answer_vllm_load(api_t *a, api_sink_t *sink, const char *name, rc_t rc,
+static void answer_vllm_load(api_t *a, api_sink_t *sink, int64_t tenant,
+                        const char *name, rc_t rc,
                              const store_adapter_t *row, const core_err_t *err)
 {
     char msg[STORE_NAME_MAX + 96];
@@ -624,7 +646,7 @@ static void answer_vllm_load(api_t *a, api_sink_t *sink, const char *name, rc_t 
     if (rc == RC_OK) {
         snprintf(msg, sizeof msg, "Success: LoRA adapter '%s' added successfully.", name);
         send_text(sink, 200, msg);
-    } else if (rc == RC_EXISTS && alias_find(a, name, &al, &e2) == RC_OK) {
+    } else if (rc == RC_EXISTS && alias_find(a, tenant, name, &al, &e2) == RC_OK) {
         snprintf(msg, sizeof msg, "'%s' is the name of an alias.", name);
         api_send_error(sink, 400, NULL, "name_conflict", msg);
     } else if (rc == RC_EXISTS) {
@@ -645,7 +667,7 @@ static void answer_vllm_load(api_t *a, api_sink_t *sink, const char *name, rc_t 
 static void start_vllm_load(api_t *a, const char *name, const char *dir, api_change_t *c)
 {
     static const store_import_opts_t opts = {.fail_if_exists = true};
-    store_import_async(a->p.store, dir, name, &opts, api__change_done, c);
+    store_import_async(a->p.store, c->tenant, dir, name, &opts, api__change_done, c);
 }
 
 void api__h_vllm_load(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
@@ -665,16 +687,18 @@ void api__h_vllm_load(api_t *a, const api_request_t *req, api_sink_t *sink, api_
     if (ok && !path_confined(a, path, real, &f))
         ok = false;
     if (ok)
-        change_run(a, sink, answer_vllm_load, name, real, start_vllm_load, job);
+        change_run(a, req, sink, answer_vllm_load, name, real, start_vllm_load, job);
     else
         api__send_fail(sink, &f);
     json_decref(root);
     free(real);
 }
 
-static void answer_vllm_unload(api_t *a, api_sink_t *sink, const char *name, rc_t rc,
+static void answer_vllm_unload(api_t *a, api_sink_t *sink, int64_t tenant,
+                        const char *name, rc_t rc,
                                const store_adapter_t *row, const core_err_t *err)
 {
+    (void)tenant;
     char msg[STORE_NAME_MAX + 96];
     (void)a;
     (void)row;
@@ -705,7 +729,7 @@ void api__h_vllm_unload(api_t *a, const api_request_t *req, api_sink_t *sink, ap
     if (ok && !store_name_valid(name))
         ok = fail_name(&f, "`lora_name`", name);
     if (ok)
-        change_run(a, sink, answer_vllm_unload, name, NULL, start_delete, job);
+        change_run(a, req, sink, answer_vllm_unload, name, NULL, start_delete, job);
     else
         api__send_fail(sink, &f);
     json_decref(root);

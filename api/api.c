@@ -20,6 +20,7 @@
 
 #include "api/json_util.h"
 #include "api/metrics.h"
+#include "api/tenancy.h"
 
 typedef struct {
     const char *method;
@@ -29,36 +30,56 @@ typedef struct {
     api_param_handler_fn pfn; /* routes with one */
     bool local_only;          /* only with allow_local_paths */
     const char *pattern;      /* metrics and log label of routes with a parameter */
+    api_access_t access;      /* who may call it (tenancy.h) */
 } api_route_t;
 
 #define API_ADAPTERS "/v1/adapters/"
 #define API_ALIASES "/v1/aliases/"
+#define API_TENANTS "/v1/admin/tenants/"
+#define API_KEYS "/v1/admin/keys/"
+
+#define PUB API_ACCESS_PUBLIC
+#define TEN API_ACCESS_TENANT
+#define ADM API_ACCESS_ADMIN
 
 static const api_route_t api_routes[] = {
-    {"POST", "/v1/completions", NULL, api__h_completions, NULL, false, NULL},
-    {"POST", "/v1/chat/completions", NULL, api__h_chat, NULL, false, NULL},
-    {"POST", "/v1/score", NULL, api__h_score, NULL, false, NULL},
-    {"GET", "/v1/models", NULL, api__h_models, NULL, false, NULL},
-    {"GET", "/healthz", NULL, api__h_healthz, NULL, false, NULL},
-    {"GET", "/readyz", NULL, api__h_readyz, NULL, false, NULL},
-    {"GET", "/metrics", NULL, api__h_metrics, NULL, false, NULL},
-    {"POST", "/tokenize", NULL, api__h_tokenize, NULL, false, NULL},
-    {"POST", "/detokenize", NULL, api__h_detokenize, NULL, false, NULL},
-    {"GET", "/lora-adapters", NULL, api__h_lora_adapters, NULL, false, NULL},
-    {"GET", "/v1/adapters", NULL, api__h_adapters_list, NULL, false, NULL},
-    {"POST", "/v1/adapters", NULL, api__h_upload, NULL, false, NULL},
-    {"GET", API_ADAPTERS, "", NULL, api__hp_adapter_get, false, API_ADAPTERS "{spec}"},
-    {"POST", API_ADAPTERS, "", NULL, api__hp_upload, false, API_ADAPTERS "{spec}"},
-    {"DELETE", API_ADAPTERS, "", NULL, api__hp_adapter_delete, false, API_ADAPTERS "{spec}"},
-    {"POST", API_ADAPTERS, "/pin", NULL, api__hp_adapter_pin, false, API_ADAPTERS "{spec}/pin"},
+    {"POST", "/v1/completions", NULL, api__h_completions, NULL, false, NULL, TEN},
+    {"POST", "/v1/chat/completions", NULL, api__h_chat, NULL, false, NULL, TEN},
+    {"POST", "/v1/score", NULL, api__h_score, NULL, false, NULL, TEN},
+    {"GET", "/v1/models", NULL, api__h_models, NULL, false, NULL, TEN},
+    {"GET", "/healthz", NULL, api__h_healthz, NULL, false, NULL, PUB},
+    {"GET", "/readyz", NULL, api__h_readyz, NULL, false, NULL, PUB},
+    {"GET", "/metrics", NULL, api__h_metrics, NULL, false, NULL, ADM},
+    {"POST", "/tokenize", NULL, api__h_tokenize, NULL, false, NULL, TEN},
+    {"POST", "/detokenize", NULL, api__h_detokenize, NULL, false, NULL, TEN},
+    {"GET", "/lora-adapters", NULL, api__h_lora_adapters, NULL, false, NULL, TEN},
+    {"GET", "/v1/adapters", NULL, api__h_adapters_list, NULL, false, NULL, TEN},
+    {"POST", "/v1/adapters", NULL, api__h_upload, NULL, false, NULL, TEN},
+    {"GET", API_ADAPTERS, "", NULL, api__hp_adapter_get, false, API_ADAPTERS "{spec}", TEN},
+    {"POST", API_ADAPTERS, "", NULL, api__hp_upload, false, API_ADAPTERS "{spec}", TEN},
+    {"DELETE", API_ADAPTERS, "", NULL, api__hp_adapter_delete, false, API_ADAPTERS "{spec}", TEN},
+    {"POST", API_ADAPTERS, "/pin", NULL, api__hp_adapter_pin, false, API_ADAPTERS "{spec}/pin",
+     ADM},
     {"POST", API_ADAPTERS, "/unpin", NULL, api__hp_adapter_unpin, false,
-     API_ADAPTERS "{spec}/unpin"},
-    {"GET", "/v1/aliases", NULL, api__h_aliases_list, NULL, false, NULL},
-    {"GET", API_ALIASES, "", NULL, api__hp_alias_get, false, API_ALIASES "{name}"},
-    {"PUT", API_ALIASES, "", NULL, api__hp_alias_put, false, API_ALIASES "{name}"},
-    {"DELETE", API_ALIASES, "", NULL, api__hp_alias_delete, false, API_ALIASES "{name}"},
-    {"POST", "/v1/load_lora_adapter", NULL, api__h_vllm_load, NULL, true, NULL},
-    {"POST", "/v1/unload_lora_adapter", NULL, api__h_vllm_unload, NULL, true, NULL},
+     API_ADAPTERS "{spec}/unpin", ADM},
+    {"POST", API_ADAPTERS, "/publish", NULL, api__hp_adapter_publish, false,
+     API_ADAPTERS "{spec}/publish", ADM},
+    {"POST", API_ADAPTERS, "/unpublish", NULL, api__hp_adapter_unpublish, false,
+     API_ADAPTERS "{spec}/unpublish", ADM},
+    {"GET", "/v1/aliases", NULL, api__h_aliases_list, NULL, false, NULL, TEN},
+    {"GET", API_ALIASES, "", NULL, api__hp_alias_get, false, API_ALIASES "{name}", TEN},
+    {"PUT", API_ALIASES, "", NULL, api__hp_alias_put, false, API_ALIASES "{name}", TEN},
+    {"DELETE", API_ALIASES, "", NULL, api__hp_alias_delete, false, API_ALIASES "{name}", TEN},
+    {"GET", "/v1/me", NULL, api__h_me, NULL, false, NULL, TEN},
+    {"GET", "/v1/admin/tenants", NULL, api__h_tenants_list, NULL, false, NULL, ADM},
+    {"POST", "/v1/admin/tenants", NULL, api__h_tenant_create, NULL, false, NULL, ADM},
+    {"GET", API_TENANTS, "", NULL, api__hp_tenant_get, false, API_TENANTS "{name}", ADM},
+    {"PATCH", API_TENANTS, "", NULL, api__hp_tenant_patch, false, API_TENANTS "{name}", ADM},
+    {"GET", "/v1/admin/keys", NULL, api__h_keys_list, NULL, false, NULL, ADM},
+    {"POST", "/v1/admin/keys", NULL, api__h_key_create, NULL, false, NULL, ADM},
+    {"DELETE", API_KEYS, "", NULL, api__hp_key_revoke, false, API_KEYS "{id}", ADM},
+    {"POST", "/v1/load_lora_adapter", NULL, api__h_vllm_load, NULL, true, NULL, ADM},
+    {"POST", "/v1/unload_lora_adapter", NULL, api__h_vllm_unload, NULL, true, NULL, ADM},
 };
 #define API_N_ROUTES (sizeof api_routes / sizeof api_routes[0])
 
@@ -110,6 +131,10 @@ api_t *api_new(const api_params_t *p)
     if (!a)
         return NULL;
     a->p = *p;
+    if (!(a->quota = api__quota_new())) {
+        free(a);
+        return NULL;
+    }
     api_metrics_init(); /* notes the start time for adapterd_start_time_seconds */
     a->model_name = p->model_name ? p->model_name : (p->model ? p->model->name : "model");
     a->created = (int64_t)time(NULL);
@@ -123,6 +148,8 @@ api_t *api_new(const api_params_t *p)
 
 void api_free(api_t *a)
 {
+    if (a)
+        api__quota_free(a->quota);
     free(a);
 }
 
@@ -143,16 +170,63 @@ static void route_call_param(api_t *a, const api_route_t *r, const api_request_t
     r->pfn(a, req, buf, sink, job);
 }
 
-void api_handle(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
+static const api_route_t *route_of_path(api_t *a, const char *path, const char **param,
+                                        size_t *n_param);
+
+/* A public route (or a path only public routes fit: its 405 needs no key). */
+static bool path_is_public(api_t *a, const char *method, const char *path,
+                           const api_route_t *r)
+{
+    const char *param = NULL;
+    size_t n_param = 0;
+    (void)method;
+    if (!r)
+        r = route_of_path(a, path, &param, &n_param);
+    return r && r->access == API_ACCESS_PUBLIC;
+}
+
+bool api__auth_route(api_t *a, api_request_t *req, api_caller_t *who, api_fail_t *f)
 {
     char allow[128];
     const api_route_t *r = NULL;
     const char *param = NULL;
     size_t n_param = 0;
+    const char *method = req->method ? req->method : "", *path = req->path ? req->path : "";
+    route_find(a, method, path, &r, &param, &n_param, allow, sizeof allow);
+    if (path_is_public(a, method, path, r))
+        return true;
+    if (!api__authenticate(a, req, who, f))
+        return false;
+    req->caller = who;
+    api__note_caller(req, who);
+    return !r || api__authorize(who, r->access, f);
+}
+
+/* Authenticate (every route but the public ones, before the route is even known to
+ * exist) and authorize. false: the answer went out. OUT: *who, req->caller. */
+static bool route_auth(api_t *a, api_request_t *req, api_caller_t *who, api_sink_t *sink)
+{
+    api_fail_t f;
+    if (api__auth_route(a, req, who, &f))
+        return true;
+    api__send_fail(sink, &f);
+    return false;
+}
+
+void api_handle(api_t *a, const api_request_t *req0, api_sink_t *sink, api_job_t **job)
+{
+    char allow[128];
+    const api_route_t *r = NULL;
+    const char *param = NULL;
+    size_t n_param = 0;
+    api_request_t rq = *req0, *req = &rq;
+    api_caller_t who;
     *job = NULL;
     const char *method = req->method ? req->method : "";
     const char *path = req->path ? req->path : "";
     route_find(a, method, path, &r, &param, &n_param, allow, sizeof allow);
+    if (!route_auth(a, req, &who, sink))
+        return;
     if (r && r->pfn) {
         route_call_param(a, r, req, param, n_param, sink, job);
         return;
@@ -275,7 +349,9 @@ int api_status_of(rc_t rc)
     case RC_MISMATCH:
     case RC_UNSUPPORTED: return 422;
     case RC_LIMIT: return 413; /* handlers answer 400 where a limit is not about size */
-    case RC_BUSY: return 429;
+    case RC_BUSY:
+    case RC_QUOTA: return 429;
+    case RC_AUTH: return 401;
     case RC_CANCELLED:
     case RC_UNAVAILABLE: return 503;
     case RC_NOSPACE: return 507;
@@ -292,14 +368,15 @@ void api_send_error(api_sink_t *sink, int status, const char *type, const char *
                         (status == 429 || status == 503) ? "Retry-After: 1\r\n" : NULL);
 }
 
-bool api__list_adapters(api_t *a, api_sink_t *sink, store_adapter_t **rows, size_t *n)
+bool api__list_adapters(api_t *a, int64_t tenant, api_sink_t *sink, store_adapter_t **rows,
+                        size_t *n)
 {
     core_err_t err = {{0}};
     *rows = NULL;
     *n = 0;
     if (!a->p.store)
         return true;
-    rc_t rc = store_list(a->p.store, rows, n, &err);
+    rc_t rc = store_list(a->p.store, tenant, rows, n, &err);
     if (rc != RC_OK) {
         api_send_error(sink, api_status_of(rc), NULL, rc_name(rc), err.msg);
         return false;

@@ -6,13 +6,15 @@
  * text in it is parsed (the template writes <|im_start|>, [INST], ...) and no BOS is added
  * (the template writes it). Content from clients goes through the template, so a client can
  * write special-token text into its own prompt, as with every HF-templated server.
- * max_tokens / max_completion_tokens default to the rest of the context.
+ * max_tokens / max_completion_tokens default to the rest of the context. `logprobs` /
+ * `top_logprobs` use the completions accumulator (api/logprobs.h) in OpenAI's chat shape.
  * Threads: the loop thread. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/cmpl_int.h"
+#include "api/logprobs.h"
 #include "core/chat.h"
 
 #define CHAT_MAX_MESSAGES 1024
@@ -122,19 +124,27 @@ static bool chat_messages(const json_t *root, json_t **out, api_fail_t *f)
     return true;
 }
 
+/* `logprobs` (bool) and `top_logprobs` (0..20 alternatives, only with logprobs true, as
+ * OpenAI requires) become q->logprobs: -1 for none, else the alternatives per token. */
+static bool chat_logprobs(const json_t *root, cmpl_req_t *q, api_fail_t *f)
+{
+    bool logprobs = false;
+    long long top = -1;
+    if (!api__get_bool(root, "logprobs", &logprobs, f) ||
+        !api__get_int(root, "top_logprobs", 0, API_LP_TOP_MAX, &top, f))
+        return false;
+    if (top >= 0 && !logprobs)
+        return api__fail(f, 400, "invalid_value",
+                         "`top_logprobs` is only allowed when `logprobs` is true");
+    q->logprobs = logprobs ? (top < 0 ? 0 : top) : -1;
+    return true;
+}
+
 /* The fields chat accepts only at their neutral value (for now). */
 static bool chat_neutral(const json_t *root, api_fail_t *f)
 {
-    bool logprobs = false;
-    long long top = 0;
     const json_t *tools = json_object_get(root, "tools");
     const json_t *fmt = json_object_get(root, "response_format");
-    if (!api__get_bool(root, "logprobs", &logprobs, f) ||
-        !api__get_int(root, "top_logprobs", 0, 20, &top, f))
-        return false;
-    if (logprobs || top)
-        return api__fail(f, 400, "not_supported",
-                         "`logprobs` is not supported for chat yet (use /v1/completions)");
     if (tools && !json_is_null(tools) && !(json_is_array(tools) && !json_array_size(tools)))
         return api__fail(f, 400, "not_supported", "`tools` is not supported yet");
     const json_t *type = json_object_get(fmt, "type");
@@ -187,14 +197,15 @@ void api__h_chat(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t
     memset(&q, 0, sizeof q);
     memset(&t, 0, sizeof t);
     bool ok = api__parse_body(req, &root, &f) && api__check_fields(root, chat_fields, &f) &&
-              api__cmpl_common(a, root, &q, &f) && chat_neutral(root, &f);
+              api__cmpl_common(a, root, &q, &f) && chat_neutral(root, &f) &&
+              chat_logprobs(root, &q, &f);
     if (ok && !a->p.chat)
         ok = api__fail(&f, 400, "no_chat_template",
                        "the served model has no chat template (tokenizer_config.json "
                        "chat_template); use /v1/completions");
-    ok = ok && chat_messages(root, &msgs, &f) && api__sel_gather(a, root, q.model, &t, &f) &&
+    ok = ok && chat_messages(root, &msgs, &f) && api__sel_gather(a, api__who(req)->tenant, root, q.model, &t, &f) &&
          chat_prompt(a, root, msgs, &q, &f);
     json_decref(msgs);
     q.chat = true;
-    api__cmpl_start(a, ok ? NULL : &f, root, &q, &t, sink, job);
+    api__cmpl_start(a, req, ok ? NULL : &f, root, &q, &t, sink, job);
 }

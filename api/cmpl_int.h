@@ -6,6 +6,7 @@
 
 #include "api/adapters.h"
 #include "api/json_util.h"
+#include "api/tenancy.h"
 
 /* A validated request. Strings are borrowed from the parsed body. */
 typedef struct {
@@ -33,9 +34,10 @@ typedef struct {
 bool api__cmpl_common(const api_t *a, const json_t *root, cmpl_req_t *q, api_fail_t *f);
 
 /* Takes over root, q (its ids) and t. failed (the handler's first failure) is answered at
- * once; otherwise the request becomes a job, submitted now or waiting for its adapters, and
- * later failures are answered through sink too. */
-void api__cmpl_start(api_t *a, const api_fail_t *failed, json_t *root, cmpl_req_t *q,
-                     api_terms_t *t, api_sink_t *sink, api_job_t **job);
+ * once; otherwise the caller's quotas admit it (or 429) and the request becomes a job,
+ * submitted now or waiting for its adapters, and later failures are answered through sink
+ * too. req: the caller (tenant, share, quotas) and the access-log note. */
+void api__cmpl_start(api_t *a, const api_request_t *req, const api_fail_t *failed, json_t *root,
+                     cmpl_req_t *q, api_terms_t *t, api_sink_t *sink, api_job_t **job);
 
 #endif

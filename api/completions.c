@@ -64,6 +64,12 @@ typedef struct {
     json_t *root;        /* keeps q's borrowed strings alive */
     cmpl_req_t q;        /* q.ids owned by the job while waiting */
     api_terms_t terms;
+    /* Tenancy: the fair-share group and weight, the quota hold, the access-log note. */
+    char tenant[STORE_NAME_MAX + 1];
+    double share;
+    api_ticket_t ticket; /* released at free (loop thread) */
+    int n_used;          /* prompt + generated tokens, written at DONE (engine thread) */
+    api_note_t *note;    /* the server's, valid until after end(); or NULL */
 } cmpl_job_t;
 
 static const char *const cmpl_fields[] = {
@@ -313,6 +319,13 @@ static json_t *cmpl_choice(const char *text, size_t len, const char *finish)
                      "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
 }
 
+/* The logprobs of entries [from, to) in the job's shape: chat's {"content": [...]} or
+ * completions' legacy {"tokens", "token_logprobs", ...}. */
+static json_t *choice_lp_json(const cmpl_job_t *j, size_t from, size_t to)
+{
+    return j->chat ? api__lp_chat_json(j->lp, from, to) : api__lp_json(j->lp, from, to);
+}
+
 static json_t *cmpl_choice_of(cmpl_job_t *j, const char *text, size_t len, const char *finish)
 {
     return j->chat ? chat_choice(j, text, len, finish) : cmpl_choice(text, len, finish);
@@ -341,7 +354,7 @@ static void sse_chunk(cmpl_job_t *j, const char *text, size_t len, const char *f
     json_t *choice = cmpl_choice_of(j, text, len, finish);
     if (j->lp && api__lp_count(j->lp) > j->lp_sent) { /* the tokens since the last chunk */
         size_t n = api__lp_count(j->lp);
-        json_object_set_new(choice, "logprobs", api__lp_json(j->lp, j->lp_sent, n));
+        json_object_set_new(choice, "logprobs", choice_lp_json(j, j->lp_sent, n));
         j->lp_sent = n;
     }
     if (j->return_token_ids) {
@@ -439,7 +452,7 @@ static json_t *plain_choice(cmpl_job_t *j, const core_event_t *ev)
         choice = cmpl_choice_of(j, j->text, j->n_text, finish_str(ev->finish));
     }
     if (choice && j->lp)
-        json_object_set_new(choice, "logprobs", api__lp_json(j->lp, 0, api__lp_count(j->lp)));
+        json_object_set_new(choice, "logprobs", choice_lp_json(j, 0, api__lp_count(j->lp)));
     return choice;
 }
 
@@ -533,6 +546,12 @@ static void cmpl_observe(cmpl_job_t *j, const core_event_t *ev)
         api_metrics_observe_generation(j->score ? "score" : j->chat ? "chat" : "completion",
                                        j->got_first ? j->ttft : -1, now - j->t_submit,
                                        ev->n_prompt, ev->n_gen);
+        api_metrics_observe_tenant_tokens(j->tenant, ev->n_prompt, ev->n_gen);
+        j->n_used = ev->n_prompt + ev->n_gen; /* read at free, after end() */
+        if (j->note) {
+            j->note->n_prompt = ev->n_prompt;
+            j->note->n_gen = ev->n_gen;
+        }
     }
 }
 
@@ -636,7 +655,8 @@ static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, const api_sel_
     r.prompt = q->ids;
     r.n_prompt = (int)q->n_ids;
     r.aset = sel->aset;
-    r.group = sel->group; /* the adapter selection; tenants come with a later issue */
+    r.group = j->tenant; /* fair share across tenants, weighted by their share */
+    r.group_weight = j->share;
     r.sampling.temperature = (float)q->temperature;
     r.sampling.top_p = (float)q->top_p;
     r.sampling.top_k = (int)q->top_k;
@@ -663,6 +683,8 @@ static bool cmpl_submit(api_t *a, cmpl_job_t *j, const cmpl_req_t *q, const api_
     if (!a->p.engine)
         return api__fail(f, 503, "no_engine", "the generation engine is not running");
     core_request_t r = cmpl_request(a, q, sel, j);
+    if (j->note)
+        snprintf(j->note->adapter, sizeof j->note->adapter, "%.127s", sel->group);
     j->t_submit = cmpl_now(); /* before submit: the first event may come at once */
     rc_t rc = core_engine_submit(a->p.engine, &r, &j->req_id, &err);
     if (rc == RC_BUSY)
@@ -717,8 +739,8 @@ static bool cmpl_acquire(api_t *a, cmpl_job_t *j, bool *pending, api_fail_t *f)
     *pending = false;
     if (j->terms.n == 0)
         return cmpl_build_submit(a, j, &j->q, &j->terms, f);
-    rc_t rc = store_acquire(a->p.store, j->terms.want, j->terms.n, cmpl_on_ready, j, &j->wait,
-                            &err);
+    rc_t rc = store_acquire(a->p.store, j->terms.tenant, j->terms.want, j->terms.n, cmpl_on_ready,
+                            j, &j->wait, &err);
     if (rc != RC_OK)
         return api__acquire_fail(rc, &err, f);
     if (!j->wait)
@@ -729,8 +751,20 @@ static bool cmpl_acquire(api_t *a, cmpl_job_t *j, bool *pending, api_fail_t *f)
 
 /* A validated, tokenized request (q, its body root and selection terms t, all taken over
  * here) becomes a job: submitted now, or waiting for its adapters. */
-void api__cmpl_start(api_t *a, const api_fail_t *failed, json_t *root, cmpl_req_t *q,
-                     api_terms_t *t, api_sink_t *sink, api_job_t **job)
+/* The caller's quotas admit the request (prompt + max_tokens tokens), held by the job. */
+static bool cmpl_job_tenant(api_t *a, const api_request_t *req, const cmpl_req_t *q,
+                            cmpl_job_t *j, api_fail_t *f)
+{
+    const api_caller_t *who = api__who(req);
+    snprintf(j->tenant, sizeof j->tenant, "%s", who->tenant_name);
+    j->share = who->quota.share;
+    j->note = req->note;
+    int64_t tokens = (int64_t)q->n_ids + (q->score ? 0 : (int64_t)q->max_tokens);
+    return api__quota_admit(a, who, tokens, &j->ticket, f);
+}
+
+void api__cmpl_start(api_t *a, const api_request_t *req, const api_fail_t *failed, json_t *root,
+                     cmpl_req_t *q, api_terms_t *t, api_sink_t *sink, api_job_t **job)
 {
     api_fail_t f;
     bool pending = false;
@@ -742,6 +776,7 @@ void api__cmpl_start(api_t *a, const api_fail_t *failed, json_t *root, cmpl_req_
     }
     cmpl_job_t *j = cmpl_job_new(a, q, sink);
     bool ok = j != NULL || api__fail(&f, 500, "nomem", "out of memory");
+    ok = ok && cmpl_job_tenant(a, req, q, j, &f);
     if (ok) { /* the job owns the request from here */
         j->root = root;
         j->q = *q;
@@ -772,8 +807,8 @@ void api__h_completions(api_t *a, const api_request_t *req, api_sink_t *sink, ap
     memset(&q, 0, sizeof q);
     memset(&t, 0, sizeof t);
     bool ok = api__parse_body(req, &root, &f) && cmpl_parse(a, root, &q, &f) &&
-              api__sel_gather(a, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f);
-    api__cmpl_start(a, ok ? NULL : &f, root, &q, &t, sink, job);
+              api__sel_gather(a, api__who(req)->tenant, root, q.model, &t, &f) && cmpl_tokenize(a, &q, &f);
+    api__cmpl_start(a, req, ok ? NULL : &f, root, &q, &t, sink, job);
 }
 
 /* ---- POST /v1/score: log-probabilities of a target after a prompt ---- */
@@ -844,8 +879,8 @@ void api__h_score(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_
     memset(&q, 0, sizeof q);
     memset(&t, 0, sizeof t);
     bool ok = api__parse_body(req, &root, &f) && score_parse(a, root, &q, &f) &&
-              api__sel_gather(a, root, q.model, &t, &f);
-    api__cmpl_start(a, ok ? NULL : &f, root, &q, &t, sink, job);
+              api__sel_gather(a, api__who(req)->tenant, root, q.model, &t, &f);
+    api__cmpl_start(a, req, ok ? NULL : &f, root, &q, &t, sink, job);
 }
 
 /* Client gone. A job still waiting for adapters stops waiting and ends now; a submitted
@@ -866,8 +901,8 @@ static void cmpl_job_cancel(api_t *a, api_job_t *job)
 
 static void cmpl_job_free(api_t *a, api_job_t *job)
 {
-    (void)a;
     cmpl_job_t *j = (cmpl_job_t *)job;
+    api__quota_release(a, &j->ticket, j->n_used);
     if (j->wait)
         store_wait_cancel(a->p.store, j->wait);
     cmpl_wait_clear(j);

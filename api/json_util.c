@@ -15,6 +15,7 @@ bool api__fail(api_fail_t *f, int status, const char *code, const char *fmt, ...
 {
     va_list ap;
     f->status = status;
+    f->headers[0] = '\0';
     snprintf(f->code, sizeof f->code, "%s", code);
     va_start(ap, fmt);
     vsnprintf(f->message, sizeof f->message, fmt, ap);
@@ -30,7 +31,10 @@ bool api__fail_rc(api_fail_t *f, rc_t rc, const core_err_t *err)
 
 void api__send_fail(api_sink_t *sink, const api_fail_t *f)
 {
-    api_send_error(sink, f->status, NULL, f->code, f->message);
+    if (f->headers[0])
+        api__send_error_hdr(sink, f->status, NULL, f->code, f->message, f->headers);
+    else
+        api_send_error(sink, f->status, NULL, f->code, f->message);
 }
 
 const char *api__error_type(int status)

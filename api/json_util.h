@@ -16,8 +16,10 @@
 
 #include "api/api.h"
 
+struct api_quota;
 struct api {
     api_params_t p;
+    struct api_quota *quota; /* per-tenant quota state (quota.c) */
     const char *model_name; /* p.model_name, or the model's own name */
     int64_t created;        /* unix seconds at api_new: "created" of the base model */
     uint64_t rng;           /* splitmix64 state for seeds and ids; loop thread only */
@@ -39,6 +41,8 @@ typedef struct {
     int status;
     char code[40];
     char message[512];
+    char headers[320]; /* extra "Name: value\r\n" lines ("" = the defaults of
+                        * api_send_error); api__fail clears it */
 } api_fail_t;
 
 /* Fill f and return false, so checks read `return api__fail(f, 400, "invalid_value", ...)`. */
@@ -89,9 +93,10 @@ bool api__token_ids(const json_t *arr, const char *what, int n_vocab, int32_t **
 
 /* Next value of the api's PRNG (splitmix64). Loop thread only. */
 uint64_t api__rand(api_t *a);
-/* The store's adapter list (store_list), or an error response sent to sink (false).
+/* The store's adapter list for tenant (store_list), or an error response sent to sink (false).
  * With no store: true and an empty list. OUT: *rows (caller frees), *n. */
-bool api__list_adapters(api_t *a, api_sink_t *sink, store_adapter_t **rows, size_t *n);
+bool api__list_adapters(api_t *a, int64_t tenant, api_sink_t *sink, store_adapter_t **rows,
+                        size_t *n);
 
 /* Handlers of the route table (api.c). */
 typedef void (*api_handler_fn)(api_t *a, const api_request_t *req, api_sink_t *sink,
@@ -143,6 +148,23 @@ void api__hp_alias_put(api_t *a, const api_request_t *req, const char *param, ap
 void api__hp_alias_delete(api_t *a, const api_request_t *req, const char *param,
                           api_sink_t *sink, api_job_t **job);
 
+/* Tenants, keys, publishing and the caller (tenants.c). */
+void api__h_me(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_tenants_list(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_tenant_create(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__hp_tenant_get(api_t *a, const api_request_t *req, const char *name, api_sink_t *sink,
+                        api_job_t **job);
+void api__hp_tenant_patch(api_t *a, const api_request_t *req, const char *name, api_sink_t *sink,
+                          api_job_t **job);
+void api__h_keys_list(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_key_create(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__hp_key_revoke(api_t *a, const api_request_t *req, const char *id, api_sink_t *sink,
+                        api_job_t **job);
+void api__hp_adapter_publish(api_t *a, const api_request_t *req, const char *name,
+                             api_sink_t *sink, api_job_t **job);
+void api__hp_adapter_unpublish(api_t *a, const api_request_t *req, const char *name,
+                               api_sink_t *sink, api_job_t **job);
+
 /* The adapter object of admin_api.md for row r, with what the cache knows of it now
  * (store_runtime). New reference (NULL only when out of memory). */
 json_t *api__adapter_json(api_t *a, const store_adapter_t *r);
@@ -154,17 +176,18 @@ bool api__fail_store(api_fail_t *f, rc_t rc, const core_err_t *err);
 
 /* A store change answered from its callback (store_delete, store_alias_put, store_pin,
  * store_import_async, store_upload_commit): the pending job of admin requests.
- *   c = api__change_new(a, sink, answer, arg);       NULL: out of memory (nothing sent)
+ *   c = api__change_new(a, tenant, sink, answer, arg); NULL: out of memory (nothing sent)
  *   store_xxx(..., api__change_done, c);
  *   api__change_started(a, c, job);                  sets *job, or NULL when answered
  * answer runs once, from the store's callback, and sends one complete response to sink
  * (arg: a copy of what the request named). Cancel (client gone) does not stop the change:
  * the answer still runs and ends the sink; the server frees the job after that end. */
-typedef void (*api_change_answer_fn)(api_t *a, api_sink_t *sink, const char *arg, rc_t rc,
+typedef void (*api_change_answer_fn)(api_t *a, api_sink_t *sink, int64_t tenant, const char *arg,
+                                     rc_t rc,
                                      const store_adapter_t *row, const core_err_t *err);
 typedef struct api_change api_change_t;
-api_change_t *api__change_new(api_t *a, api_sink_t *sink, api_change_answer_fn answer,
-                              const char *arg);
+api_change_t *api__change_new(api_t *a, int64_t tenant, api_sink_t *sink,
+                              api_change_answer_fn answer, const char *arg);
 void api__change_done(void *user, rc_t rc, const store_adapter_t *row, const core_err_t *err);
 void api__change_started(api_t *a, api_change_t *c, api_job_t **job);
 

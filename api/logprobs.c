@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "api/json_util.h"
+#include "core/unicode.h"
 
 typedef struct {
     int32_t id;
@@ -173,6 +174,64 @@ json_t *api__lp_json(const api_lp_t *lp, size_t from, size_t to)
     }
     return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps,
                      "top_logprobs", tops, "text_offset", offs);
+}
+
+static bool lp_utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0, k; i < n; i += k) {
+        uint32_t cp;
+        k = core_utf8_decode((const unsigned char *)s + i, n - i, &cp);
+        if (k == 0)
+            return false;
+    }
+    return true;
+}
+
+static json_t *lp_bytes_json(const char *s, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, json_integer((unsigned char)s[i]));
+    return arr;
+}
+
+/* {"token", "logprob", "bytes"} of one token. The text is the token decoded alone; the
+ * bytes are that text's, unless the token's raw bytes are not UTF-8 on their own (a
+ * piece of a character, which the text shows as U+FFFD): then the raw bytes, as OpenAI
+ * gives them so that a client can join the pieces of a split character. New reference. */
+static json_t *lp_chat_token(const api_lp_t *lp, int32_t id, json_t *logprob)
+{
+    char *text = NULL, *raw = NULL;
+    size_t n = 0, n_raw = 0;
+    core_err_t err;
+    if (core_tok_decode(lp->tok, &id, 1, false, &text, &n, &err) != RC_OK)
+        n = 0;
+    json_t *bytes;
+    if (core_tok_token_bytes(lp->tok, id, &raw, &n_raw, &err) == RC_OK &&
+        !lp_utf8_valid(raw, n_raw))
+        bytes = lp_bytes_json(raw, n_raw);
+    else
+        bytes = lp_bytes_json(text, n);
+    json_t *o = json_pack("{s:o,s:o,s:o}", "token", api__json_text(text ? text : "", n),
+                          "logprob", logprob, "bytes", bytes);
+    free(text);
+    free(raw);
+    return o;
+}
+
+json_t *api__lp_chat_json(const api_lp_t *lp, size_t from, size_t to)
+{
+    json_t *content = json_array();
+    for (size_t i = from; content && i < to && i < lp->n; i++) {
+        const lp_entry_t *e = &lp->e[i];
+        json_t *o = lp_chat_token(lp, e->token, e->has ? json_real(e->lp) : json_null());
+        json_t *tops = json_array();
+        for (int k = 0; tops && k < e->n_top; k++)
+            json_array_append_new(tops, lp_chat_token(lp, e->top[k].id, json_real(e->top[k].lp)));
+        json_object_set_new(o, "top_logprobs", tops);
+        json_array_append_new(content, o);
+    }
+    return json_pack("{s:o}", "content", content);
 }
 
 json_t *api__lp_tokens_json(const api_lp_t *lp, size_t from, size_t to)

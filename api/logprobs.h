@@ -1,5 +1,6 @@
 /* logprobs.h - private to api/: per-token log-probabilities for completions `logprobs`
- * (OpenAI's legacy shape) and the scoring route.
+ * (OpenAI's legacy shape), chat completions `logprobs` / `top_logprobs` (the chat shape)
+ * and the scoring route.
  *
  * A logprob is log softmax of the model's raw logits (before temperature, top-k, top-p),
  * as vLLM reports by default. Token strings are each token decoded alone (special tokens
@@ -39,6 +40,11 @@ double api__lp_sum(const api_lp_t *lp, size_t from);
 
 /* {"tokens", "token_logprobs", "top_logprobs", "text_offset"} of entries [from, to). */
 json_t *api__lp_json(const api_lp_t *lp, size_t from, size_t to);
+/* OpenAI's chat shape of entries [from, to): {"content": [{"token", "logprob", "bytes",
+ * "top_logprobs": [{"token", "logprob", "bytes"}, ...]}]}. bytes are the token's text as
+ * UTF-8, except for a token whose raw bytes are not valid UTF-8 alone (a lone byte of a
+ * multi-byte character, shown as U+FFFD in "token"): then its raw bytes. */
+json_t *api__lp_chat_json(const api_lp_t *lp, size_t from, size_t to);
 /* [{"token", "token_id", "logprob"}] of entries [from, to) (the score route's shape). */
 json_t *api__lp_tokens_json(const api_lp_t *lp, size_t from, size_t to);
 

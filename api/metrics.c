@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "api/json_util.h"
+#include "api/tenancy.h"
 
 /* ---- the text builder ------------------------------------------------------------- */
 
@@ -395,6 +396,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static api_mreg_t *g_reg;
 static api_mfam_t *g_requests, *g_duration;
 static api_mfam_t *g_ttft, *g_itl, *g_e2e, *g_tok_in, *g_tok_out;
+static api_mfam_t *g_ten_req, *g_ten_tok, *g_ten_quota;
 static double g_start;
 
 /* Request latencies run from a millisecond (/healthz) to minutes (long generations). */
@@ -428,6 +430,24 @@ static void metrics_init_generation(void)
                                  "Generated tokens of finished requests, by kind.", kind, 1);
 }
 
+/* Per-tenant families. */
+static void metrics_init_tenant(void)
+{
+    static const char *const req[] = {"tenant", "status"};
+    static const char *const tok[] = {"tenant", "kind"};
+    static const char *const quota[] = {"tenant", "quota"};
+    g_ten_req = api_mreg_counter(g_reg, "adapterd_tenant_requests_total",
+                                 "Requests answered, by authenticated tenant and status.", req, 2);
+    g_ten_tok = api_mreg_counter(g_reg, "adapterd_tenant_tokens_total",
+                                 "Tokens of finished generations by tenant; kind prompt or "
+                                 "completion.",
+                                 tok, 2);
+    g_ten_quota = api_mreg_counter(g_reg, "adapterd_tenant_quota_rejections_total",
+                                   "Requests refused 429 by a tenant quota (concurrency, "
+                                   "tokens, storage).",
+                                   quota, 2);
+}
+
 static void metrics_init_once(void)
 {
     static const char *const req_labels[] = {"route", "method", "status"};
@@ -445,6 +465,7 @@ static void metrics_init_once(void)
         "Time from a request head's first byte to the end of its response, by route pattern.",
         dur_labels, 1, duration_bounds, (int)(sizeof duration_bounds / sizeof duration_bounds[0]));
     metrics_init_generation();
+    metrics_init_tenant();
 }
 
 void api_metrics_init(void)
@@ -486,6 +507,30 @@ void api_metrics_observe_generation(const char *kind, double ttft, double e2e, i
     api_mfam_add(g_tok_out, k, n_gen);
 }
 
+void api_metrics_observe_tenant(const char *tenant, int status)
+{
+    api_metrics_init();
+    char code[16];
+    snprintf(code, sizeof code, "%d", status);
+    const char *const v[] = {tenant, code};
+    api_mfam_add(g_ten_req, v, 1);
+}
+
+void api_metrics_observe_tenant_tokens(const char *tenant, int n_prompt, int n_gen)
+{
+    api_metrics_init();
+    const char *const p[] = {tenant, "prompt"}, *const c[] = {tenant, "completion"};
+    api_mfam_add(g_ten_tok, p, n_prompt);
+    api_mfam_add(g_ten_tok, c, n_gen);
+}
+
+void api_metrics_observe_quota(const char *tenant, const char *which)
+{
+    api_metrics_init();
+    const char *const v[] = {tenant, which};
+    api_mfam_add(g_ten_quota, v, 1);
+}
+
 void api_metrics_observe_itl(double seconds)
 {
     api_metrics_init();
@@ -516,6 +561,10 @@ static void write_engine(api_t *a, api_mtext_t *t)
     api_mtext_single(t, "adapterd_preemptions_total",
                      "Sequences whose KV cache was dropped to make room (recomputed later).",
                      "counter", (double)st.n_preempted);
+    api_mtext_single(t, "adapterd_fair_preemptions_total",
+                     "Preemptions made to give a waiting tenant its share of the running slots "
+                     "(also counted in adapterd_preemptions_total).",
+                     "counter", (double)st.n_fair_preempted);
 }
 
 static void write_store(api_t *a, api_mtext_t *t)
@@ -549,19 +598,30 @@ static void write_store(api_t *a, api_mtext_t *t)
 /* Comma-joined names of the adapters (newest version of each name) in use and loading. */
 static void lora_names(api_t *a, api_mtext_t *running, api_mtext_t *waiting)
 {
-    store_adapter_t *rows = NULL;
-    size_t n = 0;
+    store_tenant_t *tn = NULL;
+    size_t n_tn = 0;
     core_err_t err = {{0}};
-    if (!a->p.store || store_list(a->p.store, &rows, &n, &err) != RC_OK)
+    if (!a->p.store || store_tenants(a->p.store, &tn, &n_tn, &err) != RC_OK)
         return;
-    for (size_t i = 0; i < n; i++) {
-        store_runtime_t rt;
-        store_runtime(a->p.store, rows[i].id, &rt);
-        api_mtext_t *dst = rt.resident && rt.n_users > 0 ? running : rt.loading ? waiting : NULL;
-        if (dst)
-            api_mtext_printf(dst, "%s%s", dst->len ? "," : "", rows[i].name);
+    for (size_t k = 0; k < n_tn; k++) {
+        store_adapter_t *rows = NULL;
+        size_t n = 0;
+        if (store_list(a->p.store, tn[k].id, &rows, &n, &err) != RC_OK)
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            store_runtime_t rt;
+            if (rows[i].shared) /* listed under its owner */
+                continue;
+            store_runtime(a->p.store, rows[i].id, &rt);
+            api_mtext_t *dst = rt.resident && rt.n_users > 0 ? running
+                               : rt.loading                  ? waiting
+                                                             : NULL;
+            if (dst)
+                api_mtext_printf(dst, "%s%s", dst->len ? "," : "", rows[i].name);
+        }
+        free(rows);
     }
-    free(rows);
+    free(tn);
 }
 
 /* vLLM's vllm:lora_requests_info, as vLLM writes it: one sample, value the scrape time. */
@@ -611,6 +671,7 @@ void api__h_metrics(api_t *a, const api_request_t *req, api_sink_t *sink, api_jo
     write_engine(a, &t);
     write_store(a, &t);
     write_lora_info(a, &t);
+    api__quota_metrics(a, &t);
     write_process(a, &t);
     if (t.oom || !t.p) {
         api_mtext_free(&t);

@@ -90,6 +90,12 @@ void api_metrics_observe_request(const char *route, const char *method, int stat
  * e2e and ttft from the engine submit. */
 void api_metrics_observe_generation(const char *kind, double ttft, double e2e, int n_prompt,
                                     int n_gen);
+/* Per tenant (any thread): a finished request's status; a finished generation's tokens;
+ * a request refused by a quota (which: "concurrency", "tokens", "storage"). Tenant names
+ * are bounded by the store's tenant table (label values are names, never keys). */
+void api_metrics_observe_tenant(const char *tenant, int status);
+void api_metrics_observe_tenant_tokens(const char *tenant, int n_prompt, int n_gen);
+void api_metrics_observe_quota(const char *tenant, const char *which);
 /* The time between two tokens of one sequence (engine thread). */
 void api_metrics_observe_itl(double seconds);
 /* The process-wide registry (after api_metrics_init; NULL when it could not be made). */

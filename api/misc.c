@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "api/json_util.h"
+#include "api/tenancy.h"
 
 void api__h_healthz(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
 {
@@ -46,21 +47,23 @@ void api__h_readyz(api_t *a, const api_request_t *req, api_sink_t *sink, api_job
     free(text);
 }
 
-static json_t *adapter_entry(const api_t *a, const store_adapter_t *r)
+/* owned_by: the calling tenant for its own adapters, "shared" for published ones. */
+static json_t *adapter_entry(const api_t *a, const api_caller_t *who, const store_adapter_t *r)
 {
     return json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:i,s:i,s:f,s:o}", "id", r->name, "object", "model",
-                     "created", (json_int_t)r->created, "owned_by", "adapterd", "root", r->name,
+                     "created", (json_int_t)r->created, "owned_by",
+                     r->shared ? "shared" : who->tenant_name, "root", r->name,
                      "parent", a->model_name, "version", r->version, "rank", r->rank, "alpha",
                      r->alpha, "targets", api__csv_json(r->targets));
 }
 
 void api__h_models(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job)
 {
-    (void)req;
     (void)job;
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    if (!api__list_adapters(a, sink, &rows, &n))
+    const api_caller_t *who = api__who(req);
+    if (!api__list_adapters(a, who->tenant, sink, &rows, &n))
         return;
     json_t *data = json_array();
     json_array_append_new(
@@ -69,7 +72,7 @@ void api__h_models(api_t *a, const api_request_t *req, api_sink_t *sink, api_job
                         a->model_name, "parent", "max_model_len",
                         a->p.model ? a->p.model->cfg.max_pos : 0));
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(data, adapter_entry(a, &rows[i]));
+        json_array_append_new(data, adapter_entry(a, who, &rows[i]));
     free(rows);
     api__send_json(sink, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }

@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "api/json_util.h"
+#include "api/tenancy.h"
 #include "api/multipart.h"
 
 #define UP_SLACK (64u * 1024u) /* the config part (<= 64 KiB) and the multipart framing */
@@ -32,6 +33,7 @@ struct api_body {
     api_mp_t *mp;
     store_upload_t *up; /* NULL once committed or dropped */
     char name[STORE_NAME_MAX + 1];
+    int64_t tenant; /* whose namespace the adapter goes into */
     size_t max, n_read;
     up_part_t part; /* the part being read */
     bool seen[UP__COUNT];
@@ -236,10 +238,15 @@ static bool body_new(api_t *a, const api_request_t *req, const char *path_name, 
     b->max = cap > SIZE_MAX - UP_SLACK ? SIZE_MAX : (size_t)cap + UP_SLACK;
     api_mp_callbacks_t cb = cb0;
     cb.user = b;
+    const api_caller_t *who = api__who(req);
+    b->tenant = who->tenant;
     bool ok = query_name(req->query, path_name, b->name, f) && media_type(req, boundary, f);
     if (ok && !a->p.store)
         ok = api__fail(f, 503, "store_unavailable", "this server has no adapter store");
-    rc_t rc = ok ? store_upload_new(a->p.store, b->name, &b->up, &err) : RC_OK;
+    /* Refused before the body is read when even its weights alone cannot fit the quota. */
+    ok = ok && api__quota_storage(a, who, req->body_len > UP_SLACK ? req->body_len - UP_SLACK : 0,
+                                  f);
+    rc_t rc = ok ? store_upload_new(a->p.store, b->tenant, b->name, &b->up, &err) : RC_OK;
     if (ok && rc != RC_OK)
         ok = api__fail_store(f, rc, &err);
     rc = ok ? api__mp_new(boundary, &cb, &b->mp, &err) : RC_OK;
@@ -253,13 +260,24 @@ static bool body_new(api_t *a, const api_request_t *req, const char *path_name, 
     return true;
 }
 
-api_body_mode_t api_body_begin(api_t *a, const api_request_t *req, api_sink_t *sink,
+/* Authentication comes first: an unauthenticated request with a body larger than
+ * API_PRE_AUTH_BODY_MAX is answered before any of it is read (the connection then
+ * closes); a smaller one is read and api_handle answers the same refusal. */
+api_body_mode_t api_body_begin(api_t *a, const api_request_t *req0, api_sink_t *sink,
                                api_body_t **body, size_t *max_body)
 {
     char path_name[API_PARAM_MAX + 1];
     bool bad_path = false;
     api_fail_t f;
+    api_request_t rq = *req0, *req = &rq;
+    api_caller_t who;
     *body = NULL;
+    if (!api__auth_route(a, req, &who, &f)) {
+        if (req->body_len <= API_PRE_AUTH_BODY_MAX)
+            return API_BODY_WHOLE;
+        api__send_fail(sink, &f);
+        return API_BODY_ANSWERED;
+    }
     if (!is_upload(req, path_name, sizeof path_name, &bad_path))
         return API_BODY_WHOLE;
     if (bad_path) {
@@ -329,11 +347,13 @@ static bool body_check(api_t *a, api_body_t *b, api_fail_t *f)
     return true;
 }
 
-static void answer_upload(api_t *a, api_sink_t *sink, const char *name, rc_t rc,
+static void answer_upload(api_t *a, api_sink_t *sink, int64_t tenant,
+                          const char *name, rc_t rc,
                           const store_adapter_t *row, const core_err_t *err)
 {
     api_fail_t f;
     (void)name;
+    (void)tenant;
     if (rc == RC_OK && row) {
         api__send_json(sink, 201, api__adapter_json(a, row));
         return;
@@ -360,7 +380,7 @@ void api_body_end(api_t *a, api_body_t *b, api_job_t **job)
         api__send_fail(sink, &f);
         return;
     }
-    api_change_t *c = api__change_new(a, sink, answer_upload, b->name);
+    api_change_t *c = api__change_new(a, b->tenant, sink, answer_upload, b->name);
     if (!c) {
         body_free(b);
         api_send_error(sink, 500, NULL, "nomem", "out of memory");

@@ -1,108 +1,42 @@
 /* engine.c - the compute thread: continuous batching over core_forward with a paged KV pool.
  *
- * Threads: submit/cancel/stats run on any thread and only touch the inbox, the cancel list
- * and the published stats under e->mu. Everything else (groups, waiting queues, the running
- * list, sequences, the KV pool and caches, samplers) belongs to the engine thread alone.
+ * Threads: submit/cancel/stats run on any thread and only touch the inbox, the cancel list,
+ * the queue-limit counts and the published stats under e->mu. Everything else (groups,
+ * waiting queues, the running list, sequences, the KV pool and caches, samplers) belongs to
+ * the engine thread alone. The private types are in core/sched_int.h.
  *
  * One iteration: take the inbox and the cancels (under the lock, publishing stats), end
  * cancelled sequences (their KV blocks go back at once), admit waiting sequences, plan the
  * step (decodes first, then prompt chunks), order its items by adapter set, run one
  * core_forward, sample. The scheduling policy (docs/ARCHITECTURE.md, "Scheduling"):
- *  - admission: while max_seqs allows, the head of the waiting group with the fewest running
- *    sequences (ties: admitted least recently), FIFO within a group, and only when the pool
- *    has the blocks for its first chunk plus this step's decodes;
+ *  - admission and fair preemption for slots live in core/sched.c: the head of the waiting
+ *    group with the smallest running / weight goes first, and a group below its weighted
+ *    share of max_seqs takes a slot from the group most over its share;
  *  - each step: one row per decoding sequence, then prompt chunks within max_batch_tokens,
  *    round-robin over groups (least recently prefilled group first), cut to the free blocks;
  *  - a decode that finds the pool empty preempts by recompute: the running sequence admitted
- *    last in the group with the most running sequences drops its KV and goes back to the
- *    front of its group's queue with all its tokens; sampler and detokenizer state are kept.
+ *    last in the group most over its share drops its KV and goes back to the front of its
+ *    group's queue with all its tokens; sampler and detokenizer state are kept.
  * Submit refuses a request that could not finish even alone in the pool, so a sequence
  * alone always completes: preemption cannot deadlock. */
 #include "core/engine.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/sched_int.h"
+
 #define ENGINE_MAX_SEQS 4096
 
-typedef struct group group_t;
-
-typedef struct seq {
-    uint64_t id;
-    int32_t *tokens; /* prompt then generated ids */
-    int n_tokens, cap;
-    int n_prompt, n_gen, n_fed; /* n_fed: tokens already in the KV cache */
-    int max_tokens;
-    bool ignore_eos, want_logits, want_prompt_logits;
-    int plog_sent;     /* prompt positions whose logits were sent (PROMPT events) */
-    core_aset_t *aset; /* retained; NULL = base */
-    char *group_name;  /* copied at submit */
-    group_t *grp;      /* engine thread: resolved at intake */
-    uint64_t admit_tick; /* when it was (last) admitted; larger = later */
-    core_sampler_params_t sampling;
-    core_sampler_t *sampler;
-    core_kv_t *kv;
-    core_tok_stream_t *detok;
-    char *stop[CORE_MAX_STOP];
-    size_t stop_len[CORE_MAX_STOP];
-    int n_stop;
-    char *held; /* decoded text not yet emitted: it may start a stop string */
-    size_t n_held, held_cap;
-    core_on_event_fn on_event;
-    void *user;
-    struct seq *next; /* inbox, a group's waiting queue, or the running list */
-} seq_t;
-
-/* A fair-share group: its waiting queue and what the policy needs to compare groups. */
-struct group {
-    char *name;
-    seq_t *wait_head, *wait_tail;
-    int n_waiting, n_running;
-    uint64_t last_admit;   /* admit tick of its latest admission, 0 = never */
-    uint64_t last_prefill; /* step that last ran one of its prompt chunks, 0 = never */
-    group_t *next;
-};
-
 /* One item of the step being planned and the sequence it belongs to. */
-typedef struct {
+struct slot {
     core_fwd_item_t item;
     seq_t *seq;
     int order; /* planning order: the tie-break that keeps sorting stable */
     int fed0;  /* the sequence's n_fed when planned (the chunk's first position) */
-} slot_t;
-
-struct core_engine {
-    const core_model_t *model;
-    const core_tok_t *tok;
-    core_engine_params_t params;
-    int pool_blocks, block_tokens; /* immutable copies, read by submit */
-    /* engine thread only */
-    core_fwd_t *fwd;
-    core_kv_pool_t *pool;
-    float *logits;          /* max_seqs * n_vocab */
-    float *plogits;         /* CORE_PROMPT_LOGITS_ROWS * n_vocab, made on first use */
-    slot_t *slots;          /* max_seqs */
-    core_fwd_item_t *items; /* max_seqs: the slots' items in batch order */
-    seq_t **cand;           /* max_seqs: scratch for ordering prompt chunks */
-    seq_t *running;         /* in admission order */
-    int n_running, n_waiting;
-    group_t *groups;
-    uint64_t tick;          /* admissions so far */
-    uint64_t n_steps, n_rows, n_preempted;
-    uint64_t *taken_ids; /* the cancel ids of this iteration (swapped with cancels) */
-    int cap_taken;
-    pthread_t thread;
-    pthread_mutex_t mu; /* guards everything below */
-    pthread_cond_t cv;
-    seq_t *inbox_head, *inbox_tail;
-    int n_inbox;
-    uint64_t *cancels; /* ids to cancel, grown as needed */
-    int n_cancels, cap_cancels;
-    uint64_t next_id;
-    bool stopping;
-    core_engine_stats_t stats; /* published by the engine thread; n_waiting excludes inbox */
 };
 
 core_request_t core_request_default(void)
@@ -112,6 +46,7 @@ core_request_t core_request_default(void)
     r.sampling = core_sampler_default_params();
     r.max_tokens = 16;
     r.group = "";
+    r.group_weight = 1;
     return r;
 }
 
@@ -128,10 +63,12 @@ core_engine_params_t core_engine_default_params(void)
 
 /* ---- sequences ---------------------------------------------------------------- */
 
-static void seq_free(seq_t *s)
+/* Also ends its count in the queue limits if it never started. */
+static void seq_free(core_engine_t *e, seq_t *s)
 {
     if (!s)
         return;
+    core__queue_release(e, s);
     for (int i = 0; i < s->n_stop; i++)
         free(s->stop[i]);
     if (s->aset)
@@ -159,9 +96,18 @@ static bool seq_copy_stops(seq_t *s, const core_request_t *r)
     return true;
 }
 
+/* A usable share: unset or nonsense weights mean 1, and the clamp keeps the share
+ * products of the scheduler far from overflow and underflow. */
+static double seq_weight(double w)
+{
+    if (!isfinite(w) || w <= 0)
+        return 1;
+    return w < 1e-3 ? 1e-3 : w > 1e3 ? 1e3 : w;
+}
+
 /* Copies everything the request points at; the engine thread creates the heavy parts
  * (KV cache, sampler, detokenizer) so submit stays cheap. */
-static seq_t *seq_new(const core_request_t *r)
+static seq_t *seq_new(core_engine_t *e, const core_request_t *r)
 {
     seq_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -170,7 +116,7 @@ static seq_t *seq_new(const core_request_t *r)
     s->tokens = malloc((size_t)s->cap * sizeof *s->tokens);
     s->group_name = strdup(r->group ? r->group : "");
     if (!s->tokens || !s->group_name || !seq_copy_stops(s, r)) {
-        seq_free(s);
+        seq_free(e, s);
         return NULL;
     }
     memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof *s->tokens);
@@ -180,6 +126,7 @@ static seq_t *seq_new(const core_request_t *r)
     s->want_logits = r->want_logits;
     s->want_prompt_logits = r->want_prompt_logits;
     s->sampling = r->sampling;
+    s->weight = seq_weight(r->group_weight);
     s->on_event = r->on_event;
     s->user = r->user;
     if (r->aset) {
@@ -321,119 +268,15 @@ static bool seq_on_token(core_engine_t *e, seq_t *s, int32_t tok, const float *l
     return last;
 }
 
-/* ---- groups and queues (engine thread) ------------------------------------------ */
-
-static group_t *group_get(core_engine_t *e, const char *name)
-{
-    for (group_t *g = e->groups; g; g = g->next)
-        if (strcmp(g->name, name) == 0)
-            return g;
-    group_t *g = calloc(1, sizeof *g);
-    if (!g || !(g->name = strdup(name))) {
-        free(g);
-        return NULL;
-    }
-    g->next = e->groups;
-    e->groups = g;
-    return g;
-}
-
-/* Groups live while they have sequences, so distinct group names cannot pile up. */
-static void group_gc(core_engine_t *e, group_t *g)
-{
-    if (!g || g->n_waiting || g->n_running)
-        return;
-    for (group_t **pp = &e->groups; *pp; pp = &(*pp)->next)
-        if (*pp == g) {
-            *pp = g->next;
-            free(g->name);
-            free(g);
-            return;
-        }
-}
-
-static void wait_push(core_engine_t *e, seq_t *s, bool front)
-{
-    group_t *g = s->grp;
-    if (front) {
-        s->next = g->wait_head;
-        g->wait_head = s;
-        if (!g->wait_tail)
-            g->wait_tail = s;
-    } else {
-        s->next = NULL;
-        if (g->wait_tail)
-            g->wait_tail->next = s;
-        else
-            g->wait_head = s;
-        g->wait_tail = s;
-    }
-    g->n_waiting++;
-    e->n_waiting++;
-}
-
-/* Unlink s from its group's waiting queue (s must be in it). */
-static void wait_remove(core_engine_t *e, seq_t *s)
-{
-    group_t *g = s->grp;
-    seq_t *prev = NULL;
-    for (seq_t *q = g->wait_head; q; prev = q, q = q->next)
-        if (q == s) {
-            if (prev)
-                prev->next = s->next;
-            else
-                g->wait_head = s->next;
-            if (g->wait_tail == s)
-                g->wait_tail = prev;
-            g->n_waiting--;
-            e->n_waiting--;
-            s->next = NULL;
-            return;
-        }
-}
-
-static void running_add(core_engine_t *e, seq_t *s)
-{
-    seq_t **pp = &e->running;
-    while (*pp)
-        pp = &(*pp)->next;
-    s->next = NULL;
-    *pp = s;
-    e->n_running++;
-    s->grp->n_running++;
-}
-
-static void running_remove(core_engine_t *e, seq_t *s)
-{
-    for (seq_t **pp = &e->running; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            s->next = NULL;
-            e->n_running--;
-            s->grp->n_running--;
-            return;
-        }
-}
+/* ---- ending sequences (engine thread) ------------------------------------------- */
 
 /* End a running sequence whose final event has been sent: its KV blocks return now. */
 static void seq_finish(core_engine_t *e, seq_t *s)
 {
     group_t *g = s->grp;
-    running_remove(e, s);
-    seq_free(s);
-    group_gc(e, g);
-}
-
-/* Preemption by recompute: drop the KV blocks and requeue at the front of its group with
- * every token so far (prompt + generated). Sampler, detokenizer and held text stay, so
- * once re-prefilled the output continues exactly where it stopped. */
-static void seq_preempt(core_engine_t *e, seq_t *s)
-{
-    core_kv_reset(s->kv);
-    s->n_fed = 0;
-    running_remove(e, s);
-    wait_push(e, s, true);
-    e->n_preempted++;
+    core__running_remove(e, s);
+    seq_free(e, s);
+    core__group_gc(e, g);
 }
 
 /* ---- intake and cancellation (engine thread) ------------------------------------- */
@@ -447,17 +290,18 @@ static void intake(core_engine_t *e, seq_t *list)
         s->kv = core_kv_new(e->pool);
         s->sampler = core_sampler_new(s->sampling, e->model->cfg.n_vocab);
         s->detok = core_tok_stream_new(e->tok, true);
-        s->grp = group_get(e, s->group_name);
+        s->grp = core__group_get(e, s->group_name);
         if (!s->kv || !s->sampler || !s->detok || !s->grp) {
             seq_emit_error(s, RC_NOMEM, "out of memory starting the sequence");
-            group_gc(e, s->grp);
-            seq_free(s);
+            core__group_gc(e, s->grp);
+            seq_free(e, s);
         } else if (s->max_tokens == 0 && !(s->want_prompt_logits && s->n_prompt > 1)) {
             seq_emit_done(s, CORE_FINISH_LENGTH, "", 0);
-            group_gc(e, s->grp);
-            seq_free(s);
+            core__group_gc(e, s->grp);
+            seq_free(e, s);
         } else {
-            wait_push(e, s, false);
+            s->grp->weight = s->weight; /* the most recently submitted request's */
+            core__wait_push(e, s, false);
         }
     }
 }
@@ -485,10 +329,10 @@ static void apply_cancels(core_engine_t *e, const uint64_t *ids, int n)
             seq_finish(e, s);
         } else if ((s = find_waiting(e, ids[i]))) {
             group_t *g = s->grp;
-            wait_remove(e, s);
+            core__wait_remove(e, s);
             seq_emit_done(s, CORE_FINISH_CANCELLED, "", 0);
-            seq_free(s);
-            group_gc(e, g);
+            seq_free(e, s);
+            core__group_gc(e, g);
         }
     }
 }
@@ -504,91 +348,16 @@ static void cancel_all(core_engine_t *e)
         group_t *g = e->groups;
         seq_t *s = g->wait_head;
         if (!s) {
-            group_gc(e, g);
+            core__group_gc(e, g);
             continue;
         }
-        wait_remove(e, s);
+        core__wait_remove(e, s);
         seq_emit_done(s, CORE_FINISH_CANCELLED, "", 0);
-        seq_free(s);
-    }
-}
-
-/* ---- admission ---------------------------------------------------------------------- */
-
-/* The sequence has exactly one token to feed: it is decoding (this includes the last
- * token of a prompt, which needs the same single row). */
-static bool seq_decoding(const seq_t *s)
-{
-    return s->n_tokens - s->n_fed == 1;
-}
-
-/* Blocks the running decodes will take this step. */
-static int decode_blocks(const core_engine_t *e)
-{
-    int n = 0;
-    for (const seq_t *s = e->running; s; s = s->next)
-        if (seq_decoding(s))
-            n += core_kv_blocks_needed(s->kv, 1);
-    return n;
-}
-
-/* Fair share: the group with the fewest running sequences goes first; among equals the
- * one admitted least recently (a group never admitted wins), so one group flooding the
- * queue cannot starve another group's request. */
-static group_t *admit_pick(const core_engine_t *e)
-{
-    group_t *best = NULL;
-    for (group_t *g = e->groups; g; g = g->next) {
-        if (!g->n_waiting)
-            continue;
-        if (!best || g->n_running < best->n_running ||
-            (g->n_running == best->n_running && g->last_admit < best->last_admit))
-            best = g;
-    }
-    return best;
-}
-
-/* Admit waiting sequences while max_seqs allows. The chosen one (FIFO in its group) only
- * starts when the pool holds the blocks for its first chunk besides what this step's
- * decodes take; otherwise admission stops and it keeps its turn, so a long prompt is not
- * overtaken forever by short ones and a new sequence does not force a preemption. */
-static void admit(core_engine_t *e)
-{
-    int reserved = decode_blocks(e);
-    while (e->n_running < e->params.max_seqs) {
-        group_t *g = admit_pick(e);
-        if (!g)
-            return;
-        seq_t *s = g->wait_head;
-        int chunk = s->n_tokens < e->params.max_batch_tokens ? s->n_tokens
-                                                             : e->params.max_batch_tokens;
-        int need = core_kv_pool_blocks_for(e->pool, chunk);
-        if (need + reserved > core_kv_pool_n_free(e->pool))
-            return;
-        reserved += need;
-        wait_remove(e, s);
-        s->admit_tick = ++e->tick;
-        g->last_admit = s->admit_tick;
-        running_add(e, s);
+        seq_free(e, s);
     }
 }
 
 /* ---- planning a step ------------------------------------------------------------------- */
-
-/* The preemption victim: among running sequences holding blocks, the one admitted last in
- * the group with the most running sequences (the group most over its share pays). */
-static seq_t *pick_victim(const core_engine_t *e)
-{
-    seq_t *best = NULL;
-    for (seq_t *s = e->running; s; s = s->next) {
-        if (core_kv_n_blocks(s->kv) == 0) /* preempting it would free nothing */
-            continue;
-        if (!best || s->grp->n_running > best->grp->n_running ||
-            (s->grp->n_running == best->grp->n_running && s->admit_tick > best->admit_tick))
-            best = s;
-    }
-    return best;
-}
 
 /* Every decoding sequence gets the block for its next position; when the pool is empty a
  * victim is preempted (possibly the sequence itself) and the scan restarts. */
@@ -596,14 +365,14 @@ static void reserve_decodes(core_engine_t *e)
 {
 restart:
     for (seq_t *s = e->running; s; s = s->next) {
-        if (!seq_decoding(s) || core_kv_blocks_needed(s->kv, 1) == 0)
+        if (!core__seq_decoding(s) || core_kv_blocks_needed(s->kv, 1) == 0)
             continue;
         rc_t rc = core_kv_reserve(s->kv, 1);
         if (rc == RC_OK)
             continue;
         if (rc == RC_BUSY) {
-            seq_t *v = pick_victim(e);
-            seq_preempt(e, v ? v : s);
+            seq_t *v = core__pick_victim(e);
+            core__seq_preempt(e, v ? v : s);
         } else {
             seq_emit_error(s, rc, "cannot grow the KV cache");
             seq_finish(e, s);
@@ -742,17 +511,17 @@ static int plan_step(core_engine_t *e)
         reserve_decodes(e);
         int n = 0;
         for (seq_t *s = e->running; s; s = s->next)
-            if (seq_decoding(s))
+            if (core__seq_decoding(s))
                 slot_add(e, n++, s, 1);
         n = plan_prefills(e, n, e->params.max_batch_tokens - n);
         if (n > 0) {
             order_batch(e, n);
             return n;
         }
-        seq_t *v = pick_victim(e);
+        seq_t *v = core__pick_victim(e);
         if (!v)
             return 0;
-        seq_preempt(e, v);
+        core__seq_preempt(e, v);
     }
     return 0;
 }
@@ -817,6 +586,7 @@ static void stats_publish_locked(core_engine_t *e)
     st->kv_blocks_used = e->pool_blocks - core_kv_pool_n_free(e->pool);
     st->n_steps = e->n_steps;
     st->n_preempted = e->n_preempted;
+    st->n_fair_preempted = e->n_fair_preempted;
     st->n_rows = e->n_rows;
 }
 
@@ -856,7 +626,7 @@ static void *engine_main(void *arg)
         apply_cancels(e, e->taken_ids, n_ids);
         if (stop)
             break;
-        admit(e);
+        core__admit(e);
         int n = plan_step(e);
         if (n > 0)
             run_step(e, n);
@@ -891,6 +661,7 @@ static void engine_release(core_engine_t *e)
     free(e->cand);
     free(e->cancels);
     free(e->taken_ids);
+    core__queue_free_all(e);
     free(e);
 }
 
@@ -1004,16 +775,17 @@ rc_t core_engine_submit(core_engine_t *e, const core_request_t *r, uint64_t *req
     rc_t rc = check_request(e, r, err);
     if (rc != RC_OK)
         return rc;
-    seq_t *s = seq_new(r);
+    seq_t *s = seq_new(e, r);
     if (!s)
         return core_err(err, RC_NOMEM, "out of memory queueing the request");
     pthread_mutex_lock(&e->mu);
-    /* Bounded queue: waiting = published waiting + not yet taken by the engine thread. */
-    if (e->stopping || e->stats.n_waiting + e->n_inbox >= e->params.max_queue) {
-        int limit = e->params.max_queue;
+    /* Bounded queues, per group and in all: requests accepted and not yet started. */
+    rc = e->stopping ? core_err(err, RC_BUSY, "the engine is stopping")
+                     : core__queue_take_locked(e, s, err);
+    if (rc != RC_OK) {
         pthread_mutex_unlock(&e->mu);
-        seq_free(s);
-        return core_err(err, RC_BUSY, "the request queue is full (%d waiting, --max-queue)", limit);
+        seq_free(e, s);
+        return rc;
     }
     s->id = e->next_id++;
     if (e->inbox_tail)

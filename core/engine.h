@@ -61,6 +61,10 @@ typedef struct {
     /* Fair-share group (tenant, else the adapter spec); copied, "" for none. Sequences of
      * one group cannot starve another group's (see docs/ARCHITECTURE.md). */
     const char *group;
+    /* The group's share of the running slots, relative to the other groups' (> 0; 0, a
+     * negative or a non-finite value means 1; clamped to 1/1000 .. 1000). A group's weight is
+     * that of its most recently submitted request (a tenant has one share). Default 1. */
+    double group_weight;
     bool want_logits;      /* TOKEN events carry the logits the token was sampled from */
     /* PROMPT events (before any TOKEN) carry the logits at prompt positions 0 .. n_prompt-2,
      * each the model's distribution of the next prompt token, in order, each row once (also
@@ -76,10 +80,15 @@ core_request_t core_request_default(void);
 typedef struct {
     int max_batch_tokens;   /* tokens per step (prompt chunks + decodes), default 2048 */
     int max_seqs;           /* running sequences, default 64 */
-    int max_queue;          /* waiting sequences before RC_BUSY, default 256 */
+    int max_queue;          /* requests one group may have waiting before RC_BUSY (all
+                             * groups together: 4 * max_queue), default 256 */
     size_t kv_budget_bytes; /* KV cache pool, default 1 GiB */
     int kv_block_tokens;    /* positions per KV block, default 16 */
     int max_rank;           /* largest LoRA rank expected (one adapter's r), sizes scratch; default 256 */
+    /* Plain arrival order: admission ignores groups and weights and there is no fair
+     * preemption (the KV victim is the sequence admitted last). For benchmarks that show
+     * what fair share buys; default false. The queue limits above still apply. */
+    bool fifo;
 } core_engine_params_t;
 core_engine_params_t core_engine_default_params(void);
 
@@ -93,7 +102,9 @@ void core_engine_free(core_engine_t *e);
 
 /* OUT: *req_id. RC_INVALID when the prompt plus max_tokens exceed the model context, can
  * never fit in the KV pool, or a token id is out of range (the message names the limit),
- * RC_BUSY when the waiting queue is full (max_queue). */
+ * RC_BUSY when the request's group already has max_queue requests waiting or all groups
+ * together have 4 * max_queue (the message says which). Waiting means accepted and not yet
+ * started; a preempted sequence does not count again. */
 rc_t core_engine_submit(core_engine_t *e, const core_request_t *r, uint64_t *req_id,
                         core_err_t *err);
 /* Cancel a request; its DONE (finish=cancelled) event follows within one step.
@@ -104,9 +115,10 @@ void core_engine_cancel(core_engine_t *e, uint64_t req_id);
 typedef struct {
     int n_running, n_waiting;
     int kv_blocks_total, kv_blocks_used;
-    uint64_t n_steps;       /* forward passes run */
-    uint64_t n_preempted;   /* sequences whose KV was dropped to make room (recomputed) */
-    uint64_t n_rows;        /* token rows processed, summed over steps */
+    uint64_t n_steps;          /* forward passes run */
+    uint64_t n_preempted;      /* sequences whose KV was dropped to make room (recomputed) */
+    uint64_t n_fair_preempted; /* of n_preempted: slots taken from a group over its share */
+    uint64_t n_rows;           /* token rows processed, summed over steps */
 } core_engine_stats_t;
 void core_engine_stats(core_engine_t *e, core_engine_stats_t *out);
 

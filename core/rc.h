@@ -24,6 +24,8 @@
     X(CANCELLED, cancelled, "cancelled")                                           \
     X(NOSPACE, nospace, "no space left on device")                               \
     X(UNAVAILABLE, unavailable, "temporarily unavailable")                       \
+    X(QUOTA, quota, "quota exceeded")                                         \
+    X(AUTH, auth, "not authenticated")                                       \
     X(INTERNAL, internal, "internal error")
 
 typedef enum {

@@ -313,3 +313,26 @@ rc_t core_tok_decode(const core_tok_t *t, const int32_t *ids, size_t n_ids, bool
     *len = n;
     return RC_OK;
 }
+
+rc_t core_tok_token_bytes(const core_tok_t *t, int32_t id, char **bytes, size_t *len,
+                          core_err_t *err)
+{
+    size_t pl;
+    *bytes = NULL;
+    *len = 0;
+    if (id < 0 || id >= t->n_vocab || !core__tok_piece(t, id, &pl))
+        return core_err(err, RC_INVALID, "tokenizer: token id %d out of range", (int)id);
+    core_tok_stream_t *s = core_tok_stream_new(t, false); /* its token buffer is the answer */
+    rc_t rc = s ? token_bytes(s, id) : RC_NOMEM;
+    if (rc == RC_OK && !s->tok && !add(&s->tok, &s->n_tok, &s->cap_tok, "", 0))
+        rc = RC_NOMEM;
+    if (rc != RC_OK) {
+        core_tok_stream_free(s);
+        return core_err(err, rc, "tokenizer: out of memory");
+    }
+    *bytes = s->tok;
+    *len = s->n_tok;
+    s->tok = NULL;
+    core_tok_stream_free(s);
+    return RC_OK;
+}

@@ -50,6 +50,14 @@ rc_t core_tok_encode(const core_tok_t *t, const char *text, size_t len,
 rc_t core_tok_decode(const core_tok_t *t, const int32_t *ids, size_t n_ids,
                      bool skip_special, char **text, size_t *len, core_err_t *err);
 
+/* The raw bytes of one token as the decoder makes them, before UTF-8 checking and Strip:
+ * a <0xNN> piece its byte, a byte-level piece its original bytes (so possibly a lone byte
+ * of a multi-byte character, which decode shows as U+FFFD), an added token its content,
+ * other pieces their text after the Replace steps. For OpenAI's logprob `bytes`.
+ * OUT: *bytes (malloc'd, NUL-terminated, caller frees), *len. Id out of range: RC_INVALID. */
+rc_t core_tok_token_bytes(const core_tok_t *t, int32_t id, char **bytes, size_t *len,
+                          core_err_t *err);
+
 /* Streaming decode: push ids one at a time, get back only complete UTF-8 text; bytes of
  * a partial character are held until it completes (or flushed as U+FFFD at the end).
  * The concatenation of all pieces equals core_tok_decode of the whole sequence. */

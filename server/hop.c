@@ -80,6 +80,24 @@ static size_t json_field(char *dst, size_t cap, const char *key, const char *val
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
+/* The api's facts: tenant, key id, adapter selection and tokens (generation routes). */
+static size_t log_note_json(char *dst, size_t cap, const srv_access_t *a)
+{
+    const api_note_t *nt = a->note;
+    const char *adapter = a->adapter[0] ? a->adapter : nt && nt->adapter[0] ? nt->adapter : NULL;
+    size_t n = json_field(dst, cap, "adapter", adapter);
+    if (!nt)
+        return n;
+    n += json_field(dst + n, cap - n, "tenant", nt->tenant[0] ? nt->tenant : NULL);
+    n += json_field(dst + n, cap - n, "key_id", nt->key_id[0] ? nt->key_id : NULL);
+    if (nt->n_prompt || nt->n_gen) {
+        int k = snprintf(dst + n, cap - n, ",\"prompt_tokens\":%d,\"completion_tokens\":%d",
+                         nt->n_prompt, nt->n_gen);
+        n += k < 0 ? 0 : (size_t)k < cap - n ? (size_t)k : cap - n - 1;
+    }
+    return n;
+}
+
 static void log_access_json(const srv_access_t *a)
 {
     char line[4096], stamp[48];
@@ -96,7 +114,7 @@ static void log_access_json(const srv_access_t *a)
                               ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f", a->status,
                               a->bytes, a->seconds * 1e3);
     if (n < sizeof line)
-        n += json_field(line + n, sizeof line - n, "adapter", a->adapter[0] ? a->adapter : NULL);
+        n += log_note_json(line + n, sizeof line - n, a);
     if (n < sizeof line && a->client_gone)
         n += (size_t)snprintf(line + n, sizeof line - n, ",\"client_gone\":true");
     if (n < sizeof line)
@@ -118,8 +136,10 @@ void srv_log_access(const srv_access_t *a)
         srv_log(SRV_LOG_INFO, "%d %s (%s) id=%s", a->status, a->code, a->message ? a->message : "",
                 a->request_id);
     else
-        srv_log(SRV_LOG_INFO, "%s %s %d %zuB %.1fms id=%s%s", a->method ? a->method : "?",
+        srv_log(SRV_LOG_INFO, "%s %s %d %zuB %.1fms id=%s%s%s%s", a->method ? a->method : "?",
                 a->path ? a->path : "?", a->status, a->bytes, a->dispatch_ms, a->request_id,
+                a->note && a->note->tenant[0] ? " tenant=" : "",
+                a->note && a->note->tenant[0] ? a->note->tenant : "",
                 a->client_gone ? " (client gone)" : "");
 }
 

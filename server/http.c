@@ -275,6 +275,7 @@ static void conn_access(srv_conn_t *c, srv_access_t *a, bool hook)
     uint64_t now = uv_hrtime();
     a->request_id = c->req.request_id;
     a->bytes = c->resp_bytes;
+    a->note = &c->note;
     a->seconds = (double)(now - c->t_head) / 1e9;
     if (hook && h->handler.finished)
         h->handler.finished(h->handler.ctx, a);
@@ -339,6 +340,9 @@ static api_request_t conn_request(srv_conn_t *c)
         .body_len = c->req.body_len,
         .content_type = c->req.n_content_type ? c->req.content_type.p : NULL,
         .request_id = c->req.request_id,
+        .authorization = c->req.n_authorization ? c->req.authorization.p : NULL,
+        .act_as = c->req.n_act_as ? c->req.act_as.p : NULL,
+        .note = &c->note,
     };
 }
 
@@ -496,6 +500,8 @@ static void conn_free(srv_conn_t *c)
     buf_free(&c->req.field);
     buf_free(&c->req.value);
     buf_free(&c->req.content_type);
+    buf_free(&c->req.authorization);
+    buf_free(&c->req.act_as);
     resp_reset(c);
     free(c->in);
     free(c);
@@ -620,6 +626,7 @@ static bool conn_parse_step(srv_conn_t *c)
     size_t n = c->in_len - c->in_pos;
     if (c->state == CONN_IDLE) {
         srv__req_reset(&c->req); /* an error before llhttp's message_begin must not reuse ids */
+        memset(&c->note, 0, sizeof c->note);
         c->state = CONN_HEAD;
         c->head_start = uv_now(c->http->loop);
         c->t_head = uv_hrtime();

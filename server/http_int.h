@@ -44,9 +44,11 @@ typedef struct {
     buf_t url;
     buf_t field, value; /* the header being parsed; spans may arrive in pieces */
     buf_t content_type;
+    buf_t authorization; /* the Authorization header's value (one allowed) */
+    buf_t act_as;        /* X-Adapterd-Tenant's value (one allowed) */
     const char *path, *query; /* into url, set when the head is complete */
     char request_id[SRV_REQUEST_ID_MAX + 1];
-    int n_host, n_content_type;
+    int n_host, n_content_type, n_authorization, n_act_as;
     bool expect_continue;
     char *body;
     size_t body_len, body_cap;
@@ -55,6 +57,7 @@ typedef struct {
 typedef struct srv_conn srv_conn_t;
 
 struct srv_conn {
+    api_note_t note; /* the api's facts about the current request (access log) */
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_shutdown_t shutdown;

@@ -163,9 +163,11 @@ void srv__req_reset(req_t *r)
     srv__buf_clear(&r->field);
     srv__buf_clear(&r->value);
     srv__buf_clear(&r->content_type);
+    srv__buf_clear(&r->authorization);
+    srv__buf_clear(&r->act_as);
     r->path = r->query = NULL;
     r->request_id[0] = '\0';
-    r->n_host = r->n_content_type = 0;
+    r->n_host = r->n_content_type = r->n_authorization = r->n_act_as = 0;
     r->expect_continue = false;
     free(r->body);
     r->body = NULL;
@@ -215,6 +217,17 @@ static int on_header_value_complete(llhttp_t *p)
         if (++r->n_content_type > 1)
             rc = refuse(c, 400, "bad_request", "duplicate Content-Type header");
         else if (!srv__buf_add(&r->content_type, v, r->value.len))
+            rc = nomem(c);
+    } else if (field_is(&r->field, "authorization")) {
+        /* two credentials would let a proxy and the daemon disagree on who is asking */
+        if (++r->n_authorization > 1)
+            rc = refuse(c, 400, "bad_request", "duplicate Authorization header");
+        else if (!srv__buf_add(&r->authorization, v, r->value.len))
+            rc = nomem(c);
+    } else if (field_is(&r->field, "x-adapterd-tenant")) {
+        if (++r->n_act_as > 1)
+            rc = refuse(c, 400, "bad_request", "duplicate X-Adapterd-Tenant header");
+        else if (!srv__buf_add(&r->act_as, v, r->value.len))
             rc = nomem(c);
     } else if (field_is(&r->field, "x-request-id")) {
         if (!r->request_id[0])

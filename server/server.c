@@ -12,6 +12,7 @@
  * (their uv_work_t keep it alive), and everything is freed in reverse start-up order. */
 #include "server/server.h"
 
+#include <arpa/inet.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -129,7 +130,59 @@ static store_params_t store_params_of(const srv_config_t *cfg, const core_model_
     sp.load_wait_ms = (uint64_t)cfg->adapter_load_wait_ms;
     sp.gc_interval_ms = (uint64_t)cfg->blob_gc_interval_ms;
     sp.lock = true; /* one process writes a DATA_DIR: RC_BUSY says who holds it */
+    sp.default_max_concurrent = cfg->tenant_max_concurrent;
+    sp.default_tokens_per_min = cfg->tenant_tokens_per_min;
+    sp.default_max_stored_bytes = (int64_t)cfg->tenant_max_stored_bytes;
     return sp;
+}
+
+/* Progress of `adapterd import`: a bar on a TTY, a log line every 10% otherwise. */
+typedef struct {
+    bool tty;
+    const char *phase;
+    int last_pct;
+} import_progress_t;
+
+static void import_progress(void *user, const char *phase, uint64_t done, uint64_t total)
+{
+    import_progress_t *p = user;
+    int pct = total ? (int)(done * 100 / total) : 100;
+    if (p->phase != phase && (!p->phase || strcmp(p->phase, phase) != 0)) {
+        if (p->tty && p->phase)
+            fputc('\n', stderr);
+        p->phase = phase;
+        p->last_pct = -1;
+    }
+    if (pct == p->last_pct || (!p->tty && pct / 10 == p->last_pct / 10 && pct != 100))
+        return;
+    p->last_pct = pct;
+    if (p->tty) {
+        int w = pct / 4;
+        fprintf(stderr, "\r%-6s [%.*s%*s] %3d%% %llu/%llu MiB", phase, w,
+                "=========================", 25 - w, "", pct,
+                (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+        if (pct == 100 && strcmp(phase, "verify") == 0)
+            fputc('\n', stderr);
+    } else {
+        srv_log(SRV_LOG_INFO, "import: %s %d%% (%llu of %llu bytes)", phase, pct,
+                (unsigned long long)done, (unsigned long long)total);
+    }
+}
+
+/* The tenant the import command writes for (--tenant, default "default"). */
+static int import_tenant(const srv_config_t *cfg, store_t *store, int64_t *tenant)
+{
+    store_tenant_t t;
+    *tenant = STORE_TENANT_DEFAULT;
+    if (!cfg->tenant || !cfg->tenant[0])
+        return 0;
+    if (store_tenant_by_name(store, cfg->tenant, &t) != RC_OK) {
+        fprintf(stderr, "adapterd: import: no tenant '%s' (adapterd tenant add NAME)\n",
+                cfg->tenant);
+        return 1;
+    }
+    *tenant = t.id;
+    return 0;
 }
 
 int srv_import_run(const srv_config_t *cfg)
@@ -152,7 +205,12 @@ int srv_import_run(const srv_config_t *cfg)
     }
     store_adapter_t row;
     memset(&row, 0, sizeof row);
-    rc = store_import(store, cfg->import_dir, cfg->name, &row, &err);
+    int64_t tenant = STORE_TENANT_DEFAULT;
+    if ((status = import_tenant(cfg, store, &tenant)) != 0)
+        goto out;
+    import_progress_t prog = {.tty = isatty(STDERR_FILENO) != 0, .phase = NULL, .last_pct = -1};
+    rc = store_import(store, tenant, cfg->import_dir, cfg->name, import_progress, &prog, &row,
+                      &err);
     if (rc != RC_OK) {
         char what[4200];
         snprintf(what, sizeof what, "import %s", cfg->import_dir);
@@ -277,6 +335,8 @@ static void api_finished_cb(void *ctx, srv_access_t *a)
     a->route = api_route_name(s->api, a->method, a->path);
     api_route_adapter(s->api, a->method, a->path, a->adapter, sizeof a->adapter);
     api_metrics_observe_request(a->route, a->method ? a->method : "other", a->status, a->seconds);
+    if (a->note && a->note->tenant[0])
+        api_metrics_observe_tenant(a->note->tenant, a->status);
 }
 
 static api_body_mode_t api_body_begin_cb(void *ctx, const api_request_t *req, api_sink_t *sink,
@@ -379,6 +439,38 @@ static int chat_open(srv_server_t *s)
     return 0;
 }
 
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104: only this machine can connect. */
+static bool host_is_loopback(const char *host)
+{
+    unsigned char a[16];
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    if (inet_pton(AF_INET6, host, a) != 1)
+        return false;
+    static const unsigned char one[16] = {[15] = 1};
+    static const unsigned char v4map[12] = {[10] = 0xff, [11] = 0xff};
+    return memcmp(a, one, 16) == 0 || (memcmp(a, v4map, 12) == 0 && a[12] == 127);
+}
+
+/* Without a key every client is an admin: only loopback, unless the operator insists. */
+static int check_exposure(const srv_config_t *cfg, store_t *store)
+{
+    if (store_n_active_keys(store) > 0 || host_is_loopback(cfg->host))
+        return 0;
+    if (cfg->insecure_no_auth) {
+        srv_log(SRV_LOG_WARN, "serving %s with no API keys (--insecure-no-auth): every client "
+                              "is an admin",
+                cfg->host);
+        return 0;
+    }
+    fprintf(stderr,
+            "adapterd: refusing to serve %s with no API keys: anyone who can connect would be an "
+            "admin. Create a key first (adapterd key add --tenant default --role admin), bind "
+            "127.0.0.1, or pass --insecure-no-auth 1\n",
+            cfg->host);
+    return 1;
+}
+
 /* Model, tokenizer, store (+ --adapters-dir imports), engine, api. The loop exists already
  * (the store's executor queues onto it); it runs only later. */
 static int server_open_core(srv_server_t *s)
@@ -400,9 +492,11 @@ static int server_open_core(srv_server_t *s)
     rc = store_open(&sp, &s->store, &err);
     if (rc != RC_OK)
         return fail("store", rc, &err);
+    if (check_exposure(cfg, s->store) != 0)
+        return 1;
     if (cfg->adapters_dir[0]) {
         int n = 0;
-        rc = store_import_dir(s->store, cfg->adapters_dir, &n, &err);
+        rc = store_import_dir(s->store, STORE_TENANT_DEFAULT, cfg->adapters_dir, &n, &err);
         if (rc != RC_OK)
             return fail(cfg->adapters_dir, rc, &err);
         srv_log(SRV_LOG_INFO, "imported %d adapters from %s", n, cfg->adapters_dir);
@@ -553,7 +647,7 @@ static size_t count_adapters(store_t *store)
     store_adapter_t *rows = NULL;
     size_t n = 0;
     core_err_t err = {{0}};
-    if (store_list(store, &rows, &n, &err) != RC_OK)
+    if (store_list(store, STORE_TENANT_DEFAULT, &rows, &n, &err) != RC_OK)
         n = 0;
     free(rows);
     return n;

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "api/api.h"
 #include "core/rc.h"
 #include "server/flags.h"
 
@@ -50,6 +51,7 @@ typedef struct {
     const char *message; /* code and message, else NULL */
     const char *route;   /* route pattern (the handler's finished hook sets it), or NULL */
     char adapter[80];    /* adapter spec the request names, "" when unknown */
+    const api_note_t *note; /* tenant, key id, adapters and tokens, or NULL */
 } srv_access_t;
 
 /* The access log line of a (level info). Text: "METHOD PATH STATUS NB N.Nms id=ID" (or

@@ -414,10 +414,14 @@ static void usage_count(store_t *s, int64_t id)
     s->usage[s->n_usage++] = (store_usage_t){id, 1, now};
 }
 
-/* Resolve one want and take the resident reference if there is one. OUT: *pending. */
-static rc_t acquire_one(store_t *s, store_want_t *w, bool *pending, core_err_t *err)
+/* Resolve one want for tenant and take the resident reference if there is one. Entries
+ * are keyed by row id, unique across tenants: two tenants' adapters of one name never
+ * share an entry, while a published adapter is one entry for all its users.
+ * OUT: *pending. */
+static rc_t acquire_one(store_t *s, int64_t tenant, store_want_t *w, bool *pending,
+                        core_err_t *err)
 {
-    rc_t rc = store__resolve(s, w->spec, &w->row, err);
+    rc_t rc = store__resolve(s, tenant, w->spec, &w->row, err);
     if (rc == RC_OK)
         rc = acquire_check(s, &w->row, err);
     if (rc != RC_OK)
@@ -440,8 +444,8 @@ static rc_t acquire_one(store_t *s, store_want_t *w, bool *pending, core_err_t *
     return RC_OK;
 }
 
-rc_t store_acquire(store_t *s, store_want_t *wants, int n, store_ready_fn cb, void *user,
-                   store_wait_t **wait, core_err_t *err)
+rc_t store_acquire(store_t *s, int64_t tenant, store_want_t *wants, int n, store_ready_fn cb,
+                   void *user, store_wait_t **wait, core_err_t *err)
 {
     int n_pending = 0;
     rc_t rc = RC_OK;
@@ -450,9 +454,11 @@ rc_t store_acquire(store_t *s, store_want_t *wants, int n, store_ready_fn cb, vo
     s->now_ms = store__now_ms();
     for (int i = 0; i < n; i++)
         wants[i].lora = NULL;
+    if (!s->p.base) /* opened for the tenant and key commands: nothing can load */
+        return core_err(err, RC_INVALID, "no base model loaded: adapters cannot be loaded");
     for (int i = 0; i < n && rc == RC_OK; i++) {
         bool pending = false;
-        rc = acquire_one(s, &wants[i], &pending, err);
+        rc = acquire_one(s, tenant, &wants[i], &pending, err);
         n_pending += pending;
     }
     struct store_wait *w = calloc(1, sizeof *w);
@@ -561,6 +567,8 @@ void store__cache_forget(store_t *s, const int64_t *ids, size_t n)
 
 rc_t store__cache_prefetch(store_t *s, const store_adapter_t *row, core_err_t *err)
 {
+    if (!s->p.base) /* no base model: a pin is only recorded, the daemon loads it */
+        return RC_OK;
     store_entry_t *e = store__cache_find(s, row->id);
     if (!e && !(e = cache_add(s, row)))
         return core_err(err, RC_NOMEM, "store: out of memory");

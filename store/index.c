@@ -4,7 +4,10 @@
  * sqlite 3.40 has the WAL-reset bug that needs two writers: RELIABILITY finding 4); it is
  * used only under wmu, by tasks on the pool and at open. The reader (rdb, query_only) is
  * the loop thread's: lookups never wait for a writer's fsync (WAL readers see the last
- * commit without locks) and never take wmu.
+ * commit without locks) and never take wmu. The reader's statements are in index_read.c.
+ *
+ * Tenants: every writer change acts on the caller's own names (w_resolve never looks at
+ * published names); GC and the schema-1 fix-up look at every tenant's rows.
  *
  * Migrations are a table of steps; step i takes user_version i to i+1 in one transaction
  * with the new user_version. A file newer than the last step is refused: an older daemon
@@ -65,39 +68,30 @@ static const char *const idx_migrations[] = {
     "  adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE RESTRICT,"
     "  updated INTEGER NOT NULL,"
     "  UNIQUE (tenant_id, name));",
+    /* 2 -> 3: tenants get quotas and a fair-share weight (-1 = the serve flag's default);
+     * API keys (only their sha256 is kept); published names (one publisher per name). */
+    "ALTER TABLE tenants ADD COLUMN max_concurrent INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE tenants ADD COLUMN tokens_per_min INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE tenants ADD COLUMN max_stored_bytes INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE tenants ADD COLUMN share REAL NOT NULL DEFAULT 1 CHECK (share > 0);"
+    "CREATE TABLE api_keys ("
+    "  id TEXT PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
+    "  role TEXT NOT NULL CHECK (role IN ('admin', 'tenant')),"
+    "  hash TEXT NOT NULL UNIQUE,"
+    "  label TEXT NOT NULL DEFAULT '',"
+    "  created INTEGER NOT NULL,"
+    "  revoked INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE published ("
+    "  name TEXT PRIMARY KEY,"
+    "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
+    "  published INTEGER NOT NULL);",
 };
 #define IDX_SCHEMA_VERSION ((int)(sizeof idx_migrations / sizeof idx_migrations[0]))
 
-#define IDX_COLS                                                                           \
-    "a.id, a.name, a.version, a.kind, a.rank, a.alpha, a.targets, a.base_fingerprint,"     \
-    " a.sha256, a.config_sha256, a.size, a.mem_bytes, a.created, a.last_used,"             \
-    " a.n_requests, a.pinned, a.state, a.reason"
-
-static const char *const idx_rsql[RS__COUNT] = {
-    [RS_BY_NAME_NEWEST] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
-                          " AND a.name = ?2 AND a.state != 'deleted'"
-                          " ORDER BY a.version DESC LIMIT 1",
-    [RS_BY_NAME_VERSION] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
-                           " AND a.name = ?2 AND a.version = ?3 AND a.state != 'deleted'",
-    [RS_ALIAS_TARGET] = "SELECT " IDX_COLS " FROM aliases AS al JOIN adapters AS a"
-                        " ON a.id = al.adapter_id WHERE al.tenant_id = ?1 AND al.name = ?2",
-    [RS_LIST] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
-                " AND a.state != 'deleted' AND a.version = (SELECT MAX(b.version) FROM"
-                " adapters AS b WHERE b.tenant_id = a.tenant_id AND b.name = a.name"
-                " AND b.state != 'deleted') ORDER BY a.name",
-    [RS_VERSIONS] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
-                    " AND a.name = ?2 AND a.state != 'deleted' ORDER BY a.version",
-    [RS_ALIASES] = "SELECT al.name, a.name, a.version, al.updated FROM aliases AS al"
-                   " JOIN adapters AS a ON a.id = al.adapter_id WHERE al.tenant_id = ?1"
-                   " ORDER BY al.name",
-    [RS_BY_ID] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.id = ?1",
-    [RS_PINNED] = "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1"
-                  " AND a.pinned = 1 AND a.state = 'ready' ORDER BY a.id",
-};
-
 /* ---- small helpers ---- */
 
-static rc_t idx_err(sqlite3 *db, core_err_t *err, const char *what)
+rc_t store__idx_err(sqlite3 *db, core_err_t *err, const char *what)
 {
     const char *file = sqlite3_db_filename(db, "main");
     return core_err(err, RC_IO, "adapter index %s: %s: %s", file ? file : "", what,
@@ -107,44 +101,6 @@ static rc_t idx_err(sqlite3 *db, core_err_t *err, const char *what)
 static void idx_copy(char *dst, size_t cap, const unsigned char *src)
 {
     snprintf(dst, cap, "%s", src ? (const char *)src : "");
-}
-
-static store_state_t idx_state(const unsigned char *t)
-{
-    if (t && strcmp((const char *)t, "broken") == 0)
-        return STORE_STATE_BROKEN;
-    if (t && strcmp((const char *)t, "deleted") == 0)
-        return STORE_STATE_DELETED;
-    return STORE_STATE_READY;
-}
-
-const char *store_state_str(store_state_t st)
-{
-    return st == STORE_STATE_BROKEN ? "broken" : st == STORE_STATE_DELETED ? "deleted" : "ready";
-}
-
-/* Column order is IDX_COLS. */
-static void idx_row_read(sqlite3_stmt *st, store_adapter_t *r)
-{
-    memset(r, 0, sizeof *r);
-    r->id = sqlite3_column_int64(st, 0);
-    idx_copy(r->name, sizeof r->name, sqlite3_column_text(st, 1));
-    r->version = sqlite3_column_int(st, 2);
-    idx_copy(r->kind, sizeof r->kind, sqlite3_column_text(st, 3));
-    r->rank = sqlite3_column_int(st, 4);
-    r->alpha = sqlite3_column_double(st, 5);
-    idx_copy(r->targets, sizeof r->targets, sqlite3_column_text(st, 6));
-    idx_copy(r->base_fingerprint, sizeof r->base_fingerprint, sqlite3_column_text(st, 7));
-    idx_copy(r->sha256, sizeof r->sha256, sqlite3_column_text(st, 8));
-    idx_copy(r->config_sha256, sizeof r->config_sha256, sqlite3_column_text(st, 9));
-    r->size = sqlite3_column_int64(st, 10);
-    r->mem_bytes = sqlite3_column_int64(st, 11);
-    r->created = sqlite3_column_int64(st, 12);
-    r->last_used = sqlite3_column_int64(st, 13);
-    r->n_requests = sqlite3_column_int64(st, 14);
-    r->pinned = sqlite3_column_int(st, 15) != 0;
-    r->state = idx_state(sqlite3_column_text(st, 16));
-    idx_copy(r->reason, sizeof r->reason, sqlite3_column_text(st, 17));
 }
 
 /* Bind by a type string: 't' text, 'i' int64, 'd' double, 'n' int (as int64). */
@@ -160,9 +116,7 @@ static void idx_bind(sqlite3_stmt *st, const char *types, va_list ap)
     }
 }
 
-/* Writer: prepare, bind, step (through the failpoint); SQLITE_ROW leaves the statement
- * for the caller to read and finalize (OUT: *out), SQLITE_DONE finalizes it. */
-static rc_t w_stmt(store_t *s, sqlite3_stmt **out, core_err_t *err, const char *sql,
+rc_t store__w_stmt(store_t *s, sqlite3_stmt **out, core_err_t *err, const char *sql,
                    const char *types, ...)
 {
     sqlite3_stmt *st = NULL;
@@ -170,7 +124,7 @@ static rc_t w_stmt(store_t *s, sqlite3_stmt **out, core_err_t *err, const char *
     if (out)
         *out = NULL;
     if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
-        return idx_err(s->wdb, err, "prepare");
+        return store__idx_err(s->wdb, err, "prepare");
     va_start(ap, types);
     idx_bind(st, types, ap);
     va_end(ap);
@@ -184,14 +138,16 @@ static rc_t w_stmt(store_t *s, sqlite3_stmt **out, core_err_t *err, const char *
         return RC_OK;
     }
     sqlite3_finalize(st);
+    if ((r & 0xff) == SQLITE_CONSTRAINT)
+        return core_err(err, RC_EXISTS, "adapter index: %s", sqlite3_errmsg(s->wdb));
     if (r != SQLITE_DONE && r != SQLITE_ROW)
-        return idx_err(s->wdb, err, sql);
-    return RC_OK;
+        return store__idx_err(s->wdb, err, sql);
+    return out ? RC_NOT_FOUND : RC_OK;
 }
 
 static rc_t w_exec(store_t *s, const char *sql, core_err_t *err)
 {
-    return w_stmt(s, NULL, err, sql, "");
+    return store__w_stmt(s, NULL, err, sql, "");
 }
 
 static rc_t w_begin(store_t *s, core_err_t *err)
@@ -217,12 +173,12 @@ static rc_t idx_user_version(sqlite3 *db, int *out, core_err_t *err)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
-        return idx_err(db, err, "read user_version");
+        return store__idx_err(db, err, "read user_version");
     rc_t rc = RC_OK;
     if (sqlite3_step(st) == SQLITE_ROW)
         *out = sqlite3_column_int(st, 0);
     else
-        rc = idx_err(db, err, "read user_version");
+        rc = store__idx_err(db, err, "read user_version");
     sqlite3_finalize(st);
     return rc;
 }
@@ -254,7 +210,7 @@ static rc_t idx_migrate(sqlite3 *db, core_err_t *err)
         char pragma[64];
         snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-            return idx_err(db, err, "begin migration");
+            return store__idx_err(db, err, "begin migration");
         if (sqlite3_exec(db, idx_migrations[v], NULL, NULL, NULL) != SQLITE_OK ||
             sqlite3_exec(db, pragma, NULL, NULL, NULL) != SQLITE_OK ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
@@ -273,7 +229,7 @@ static rc_t idx_check_wal(sqlite3 *db, core_err_t *err)
     sqlite3_stmt *st = NULL;
     rc_t rc = RC_OK;
     if (sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL) != SQLITE_OK)
-        return idx_err(db, err, "journal_mode");
+        return store__idx_err(db, err, "journal_mode");
     if (sqlite3_step(st) != SQLITE_ROW ||
         strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0)
         rc = core_err(err, RC_IO, "adapter index: WAL journal mode could not be enabled "
@@ -299,7 +255,7 @@ static rc_t idx_open_writer(store_t *s, const char *path, core_err_t *err)
         return rc;
     for (size_t i = 0; i < sizeof pragmas / sizeof pragmas[0]; i++)
         if (sqlite3_exec(s->wdb, pragmas[i], NULL, NULL, NULL) != SQLITE_OK)
-            return idx_err(s->wdb, err, pragmas[i]);
+            return store__idx_err(s->wdb, err, pragmas[i]);
     rc = idx_check_wal(s->wdb, err);
     if (rc == RC_OK)
         rc = idx_migrate(s->wdb, err);
@@ -314,19 +270,14 @@ static rc_t idx_open_reader(store_t *s, const char *path, core_err_t *err)
     sqlite3_busy_timeout(s->rdb, STORE_BUSY_TIMEOUT_MS);
     if (sqlite3_exec(s->rdb, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(s->rdb, "PRAGMA mmap_size = 0", NULL, NULL, NULL) != SQLITE_OK)
-        return idx_err(s->rdb, err, "reader pragmas");
-    for (int i = 0; i < RS__COUNT; i++)
-        if (sqlite3_prepare_v3(s->rdb, idx_rsql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->rst[i],
-                               NULL) != SQLITE_OK)
-            return idx_err(s->rdb, err, "prepare");
-    return RC_OK;
+        return store__idx_err(s->rdb, err, "reader pragmas");
+    return store__idx_prepare_reader(s, err);
 }
 
 rc_t store__index_open(store_t *s, core_err_t *err)
 {
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/%s", s->data_dir, STORE_DB_FILE);
-    s->tenant_id = 1;
     rc_t rc = idx_open_writer(s, path, err);
     if (rc == RC_OK)
         rc = idx_open_reader(s, path, err);
@@ -343,196 +294,6 @@ void store__index_close(store_t *s)
     s->rdb = s->wdb = NULL;
 }
 
-/* ---- reader ---- */
-
-rc_t store__spec_parse(const char *spec, char name[STORE_NAME_MAX + 1], int *version,
-                       core_err_t *err)
-{
-    const char *at = spec ? strchr(spec, '@') : NULL;
-    size_t n = at ? (size_t)(at - spec) : (spec ? strlen(spec) : 0);
-    *version = 0;
-    if (n < 1 || n > STORE_NAME_MAX)
-        return core_err(err, RC_INVALID, "invalid adapter name '%.80s'", spec ? spec : "");
-    memcpy(name, spec, n);
-    name[n] = '\0';
-    if (!store_name_valid(name))
-        return core_err(err, RC_INVALID, "invalid adapter name '%.80s'", spec);
-    if (!at)
-        return RC_OK;
-    const char *v = at + 1;
-    size_t nd = strspn(v, "0123456789");
-    long val = (nd >= 1 && nd <= 9 && v[nd] == '\0') ? strtol(v, NULL, 10) : 0;
-    if (val < 1)
-        return core_err(err, RC_INVALID, "invalid adapter version in '%.80s'", spec);
-    *version = (int)val;
-    return RC_OK;
-}
-
-/* Step a reader statement for one row. RC_NOT_FOUND when none. */
-static rc_t r_one(store_t *s, store_rstmt_t which, store_adapter_t *row, core_err_t *err)
-{
-    sqlite3_stmt *st = s->rst[which];
-    int r = sqlite3_step(st);
-    rc_t rc = RC_OK;
-    if (r == SQLITE_ROW)
-        idx_row_read(st, row);
-    else if (r == SQLITE_DONE)
-        rc = RC_NOT_FOUND;
-    else
-        rc = idx_err(s->rdb, err, "lookup");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return rc;
-}
-
-static rc_t r_by_name(store_t *s, const char *name, int version, store_adapter_t *row,
-                      core_err_t *err)
-{
-    store_rstmt_t w = version > 0 ? RS_BY_NAME_VERSION : RS_BY_NAME_NEWEST;
-    sqlite3_bind_int64(s->rst[w], 1, s->tenant_id);
-    sqlite3_bind_text(s->rst[w], 2, name, -1, SQLITE_TRANSIENT);
-    if (version > 0)
-        sqlite3_bind_int(s->rst[w], 3, version);
-    return r_one(s, w, row, err);
-}
-
-rc_t store__resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err)
-{
-    char name[STORE_NAME_MAX + 1];
-    int version = 0;
-    rc_t rc = store__spec_parse(spec, name, &version, err);
-    if (rc != RC_OK)
-        return rc;
-    if (version == 0) {
-        sqlite3_bind_int64(s->rst[RS_ALIAS_TARGET], 1, s->tenant_id);
-        sqlite3_bind_text(s->rst[RS_ALIAS_TARGET], 2, name, -1, SQLITE_TRANSIENT);
-        rc = r_one(s, RS_ALIAS_TARGET, row, err);
-        if (rc != RC_NOT_FOUND)
-            return rc;
-    }
-    rc = r_by_name(s, name, version, row, err);
-    if (rc == RC_NOT_FOUND)
-        core_err(err, rc, "adapter '%.80s' not found", spec);
-    return rc;
-}
-
-rc_t store_resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err)
-{
-    return store__resolve(s, spec, row, err);
-}
-
-rc_t store__row_by_id(store_t *s, int64_t id, store_adapter_t *row, core_err_t *err)
-{
-    sqlite3_bind_int64(s->rst[RS_BY_ID], 1, id);
-    return r_one(s, RS_BY_ID, row, err);
-}
-
-/* Collect the rows of a bound reader statement. */
-static rc_t r_rows(store_t *s, store_rstmt_t which, store_adapter_t **rows, size_t *n,
-                   core_err_t *err)
-{
-    sqlite3_stmt *st = s->rst[which];
-    store_adapter_t *v = NULL;
-    size_t len = 0, cap = 0;
-    rc_t rc = RC_OK;
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (len == cap) {
-            size_t c = cap ? cap * 2 : 16;
-            store_adapter_t *nv = realloc(v, c * sizeof *nv);
-            if (!nv) {
-                rc = core_err(err, RC_NOMEM, "store: out of memory");
-                break;
-            }
-            v = nv;
-            cap = c;
-        }
-        idx_row_read(st, &v[len++]);
-    }
-    if (rc == RC_OK && r != SQLITE_DONE)
-        rc = idx_err(s->rdb, err, "list");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (rc != RC_OK) {
-        free(v);
-        return rc;
-    }
-    *rows = v;
-    *n = len;
-    return RC_OK;
-}
-
-rc_t store_list(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err)
-{
-    *rows = NULL;
-    *n = 0;
-    sqlite3_bind_int64(s->rst[RS_LIST], 1, s->tenant_id);
-    return r_rows(s, RS_LIST, rows, n, err);
-}
-
-rc_t store__pinned_rows(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err)
-{
-    *rows = NULL;
-    *n = 0;
-    sqlite3_bind_int64(s->rst[RS_PINNED], 1, s->tenant_id);
-    return r_rows(s, RS_PINNED, rows, n, err);
-}
-
-rc_t store_versions(store_t *s, const char *name, store_adapter_t **rows, size_t *n,
-                    core_err_t *err)
-{
-    *rows = NULL;
-    *n = 0;
-    if (!store_name_valid(name))
-        return core_err(err, RC_INVALID, "invalid adapter name '%.80s'", name ? name : "");
-    sqlite3_bind_int64(s->rst[RS_VERSIONS], 1, s->tenant_id);
-    sqlite3_bind_text(s->rst[RS_VERSIONS], 2, name, -1, SQLITE_TRANSIENT);
-    rc_t rc = r_rows(s, RS_VERSIONS, rows, n, err);
-    if (rc == RC_OK && *n == 0)
-        return core_err(err, RC_NOT_FOUND, "adapter '%s' not found", name);
-    return rc;
-}
-
-rc_t store_aliases(store_t *s, store_alias_t **rows, size_t *n, core_err_t *err)
-{
-    sqlite3_stmt *st = s->rst[RS_ALIASES];
-    store_alias_t *v = NULL;
-    size_t len = 0, cap = 0;
-    rc_t rc = RC_OK;
-    int r;
-    *rows = NULL;
-    *n = 0;
-    sqlite3_bind_int64(st, 1, s->tenant_id);
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (len == cap) {
-            size_t c = cap ? cap * 2 : 16;
-            store_alias_t *nv = realloc(v, c * sizeof *nv);
-            if (!nv) {
-                rc = core_err(err, RC_NOMEM, "store: out of memory");
-                break;
-            }
-            v = nv;
-            cap = c;
-        }
-        store_alias_t *a = &v[len++];
-        idx_copy(a->name, sizeof a->name, sqlite3_column_text(st, 0));
-        snprintf(a->target, sizeof a->target, "%s@%d", (const char *)sqlite3_column_text(st, 1),
-                 sqlite3_column_int(st, 2));
-        a->updated = sqlite3_column_int64(st, 3);
-    }
-    if (rc == RC_OK && r != SQLITE_DONE)
-        rc = idx_err(s->rdb, err, "aliases");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (rc != RC_OK) {
-        free(v);
-        return rc;
-    }
-    *rows = v;
-    *n = len;
-    return RC_OK;
-}
-
 /* ---- writer (callers hold wmu) ---- */
 
 /* Prepare sql on the writer and bind the arguments (see idx_bind). */
@@ -540,7 +301,7 @@ static rc_t w_prepare(store_t *s, const char *sql, const char *types, va_list ap
                       sqlite3_stmt **st, core_err_t *err)
 {
     if (sqlite3_prepare_v2(s->wdb, sql, -1, st, NULL) != SQLITE_OK)
-        return idx_err(s->wdb, err, "prepare");
+        return store__idx_err(s->wdb, err, "prepare");
     idx_bind(*st, types, ap);
     return RC_OK;
 }
@@ -558,11 +319,11 @@ static rc_t w_row(store_t *s, const char *sql, const char *types, store_adapter_
         return rc;
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW)
-        idx_row_read(st, row);
+        store__idx_row_read(st, row);
     else if (r == SQLITE_DONE)
         rc = RC_NOT_FOUND;
     else
-        rc = idx_err(s->wdb, err, "lookup");
+        rc = store__idx_err(s->wdb, err, "lookup");
     sqlite3_finalize(st);
     return rc;
 }
@@ -583,15 +344,17 @@ static rc_t w_int(store_t *s, const char *sql, const char *types, int64_t *out,
     if (r == SQLITE_ROW)
         *out = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
-    return (r == SQLITE_ROW || r == SQLITE_DONE) ? RC_OK : idx_err(s->wdb, err, "query");
+    return (r == SQLITE_ROW || r == SQLITE_DONE) ? RC_OK : store__idx_err(s->wdb, err, "query");
 }
 
 #define W_NEWEST_LIVE                                                                     \
-    "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1 AND a.name = ?2"        \
+    "SELECT " STORE_IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1 AND a.name = ?2"  \
     " AND a.state != 'deleted' ORDER BY a.version DESC LIMIT 1"
 
-/* Resolve a spec through the writer (inside its transaction). */
-static rc_t w_resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err)
+/* Resolve a spec in tenant's own names through the writer (inside its transaction):
+ * changes never reach a name another tenant publishes. */
+static rc_t w_resolve(store_t *s, int64_t tenant, const char *spec, store_adapter_t *row,
+                      core_err_t *err)
 {
     char name[STORE_NAME_MAX + 1];
     int version = 0;
@@ -599,40 +362,60 @@ static rc_t w_resolve(store_t *s, const char *spec, store_adapter_t *row, core_e
     if (rc != RC_OK)
         return rc;
     if (version == 0) {
-        rc = w_row(s, "SELECT " IDX_COLS " FROM aliases AS al JOIN adapters AS a ON a.id ="
+        rc = w_row(s, "SELECT " STORE_IDX_COLS " FROM aliases AS al JOIN adapters AS a ON a.id ="
                       " al.adapter_id WHERE al.tenant_id = ?1 AND al.name = ?2",
-                   "it", row, err, s->tenant_id, name);
+                   "it", row, err, tenant, name);
         if (rc != RC_NOT_FOUND)
             return rc;
-        rc = w_row(s, W_NEWEST_LIVE, "it", row, err, s->tenant_id, name);
+        rc = w_row(s, W_NEWEST_LIVE, "it", row, err, tenant, name);
     } else {
-        rc = w_row(s, "SELECT " IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1 AND"
+        rc = w_row(s, "SELECT " STORE_IDX_COLS " FROM adapters AS a WHERE a.tenant_id = ?1 AND"
                       " a.name = ?2 AND a.version = ?3 AND a.state != 'deleted'",
-                   "itn", row, err, s->tenant_id, name, version);
+                   "itn", row, err, tenant, name, version);
     }
     if (rc == RC_NOT_FOUND)
         core_err(err, rc, "adapter '%.80s' not found", spec);
     return rc;
 }
 
-static rc_t w_is_alias(store_t *s, const char *name, bool *yes, core_err_t *err)
+static rc_t w_is_alias(store_t *s, int64_t tenant, const char *name, bool *yes,
+                       core_err_t *err)
 {
     int64_t n = 0;
     rc_t rc = w_int(s, "SELECT COUNT(*) FROM aliases WHERE tenant_id = ?1 AND name = ?2",
-                    "it", &n, err, s->tenant_id, name);
+                    "it", &n, err, tenant, name);
     *yes = n > 0;
     return rc;
 }
 
-static rc_t w_insert_row(store_t *s, const store_adapter_t *r, core_err_t *err)
+static rc_t w_insert_row(store_t *s, int64_t tenant, const store_adapter_t *r,
+                         core_err_t *err)
 {
-    return w_stmt(s, NULL, err,
+    return store__w_stmt(s, NULL, err,
                   "INSERT INTO adapters (tenant_id, name, version, kind, rank, alpha, targets,"
                   " base_fingerprint, sha256, config_sha256, size, mem_bytes, created)"
                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                  "itntndttttiii", s->tenant_id, r->name, r->version, r->kind, r->rank,
+                  "itntndttttiii", tenant, r->name, r->version, r->kind, r->rank,
                   r->alpha, r->targets, r->base_fingerprint, r->sha256, r->config_sha256,
                   r->size, r->mem_bytes, r->created);
+}
+
+/* The tenant's storage quota: its live versions' weights plus the new ones. Checked in
+ * the insert transaction (BEGIN IMMEDIATE), so two uploads cannot both pass it. */
+static rc_t w_quota(store_t *s, const store_insert_t *in, core_err_t *err)
+{
+    int64_t stored = 0;
+    if (in->max_bytes <= 0)
+        return RC_OK;
+    rc_t rc = w_int(s, "SELECT COALESCE(SUM(size), 0) FROM adapters WHERE tenant_id = ?1"
+                       " AND state != 'deleted'",
+                    "i", &stored, err, in->tenant);
+    if (rc == RC_OK && stored + in->probe->size > in->max_bytes)
+        rc = core_err(err, RC_QUOTA,
+                      "tenant storage quota: %lld bytes stored + %lld new > limit %lld "
+                      "(max_stored_bytes)",
+                      (long long)stored, (long long)in->probe->size, (long long)in->max_bytes);
+    return rc;
 }
 
 /* Inside the transaction: the checks, then install, then the row. */
@@ -643,12 +426,12 @@ static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
     bool alias = false;
     store_adapter_t newest;
     int64_t max_v = 0;
-    rc_t rc = w_is_alias(s, in->name, &alias, err);
+    rc_t rc = w_is_alias(s, in->tenant, in->name, &alias, err);
     if (rc == RC_OK && alias)
         return core_err(err, RC_EXISTS, "'%s' is an alias: adapters and aliases share names",
                         in->name);
     if (rc == RC_OK)
-        rc = w_row(s, W_NEWEST_LIVE, "it", &newest, err, s->tenant_id, in->name);
+        rc = w_row(s, W_NEWEST_LIVE, "it", &newest, err, in->tenant, in->name);
     if (rc == RC_OK && in->fail_if_exists)
         return core_err(err, RC_EXISTS, "The lora adapter '%s' has already been loaded.",
                         in->name);
@@ -662,7 +445,9 @@ static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
     if (rc != RC_OK && rc != RC_NOT_FOUND)
         return rc;
     rc = w_int(s, "SELECT MAX(version) FROM adapters WHERE tenant_id = ?1 AND name = ?2", "it",
-               &max_v, err, s->tenant_id, in->name);
+               &max_v, err, in->tenant, in->name);
+    if (rc == RC_OK)
+        rc = w_quota(s, in, err); /* before install: a refusal moves no blob */
     if (rc == RC_OK)
         rc = install(ctx, err);
     if (rc != RC_OK)
@@ -673,9 +458,10 @@ static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
     row->version = (int)max_v + 1;
     row->created = (int64_t)time(NULL);
     row->state = STORE_STATE_READY;
-    rc = w_insert_row(s, row, err);
-    if (rc == RC_OK)
-        row->id = sqlite3_last_insert_rowid(s->wdb);
+    rc = w_insert_row(s, in->tenant, row, err);
+    if (rc == RC_OK) /* read back: tenant_id and published as stored */
+        rc = w_row(s, "SELECT " STORE_IDX_COLS " FROM adapters AS a WHERE a.id = ?1", "i", row,
+                   err, sqlite3_last_insert_rowid(s->wdb));
     return rc;
 }
 
@@ -691,8 +477,8 @@ rc_t store__w_insert(store_t *s, const store_insert_t *in,
 }
 
 /* The ids a delete affects, and a refusal when an alias points at one. */
-static rc_t w_delete_ids(store_t *s, const char *spec, const char *name, int version,
-                         int64_t **ids, size_t *n, core_err_t *err)
+static rc_t w_delete_ids(store_t *s, int64_t tenant, const char *spec, const char *name,
+                         int version, int64_t **ids, size_t *n, core_err_t *err)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->wdb,
@@ -701,8 +487,8 @@ static rc_t w_delete_ids(store_t *s, const char *spec, const char *name, int ver
                            " a.tenant_id = ?1 AND a.name = ?2 AND a.state != 'deleted' AND"
                            " (?3 = 0 OR a.version = ?3) ORDER BY a.version",
                            -1, &st, NULL) != SQLITE_OK)
-        return idx_err(s->wdb, err, "prepare");
-    sqlite3_bind_int64(st, 1, s->tenant_id);
+        return store__idx_err(s->wdb, err, "prepare");
+    sqlite3_bind_int64(st, 1, tenant);
     sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 3, version);
     rc_t rc = RC_OK;
@@ -728,8 +514,8 @@ static rc_t w_delete_ids(store_t *s, const char *spec, const char *name, int ver
     return rc;
 }
 
-rc_t store__w_delete(store_t *s, const char *spec, store_adapter_t *row, int64_t **ids,
-                     size_t *n_ids, core_err_t *err)
+rc_t store__w_delete(store_t *s, int64_t tenant, const char *spec, store_adapter_t *row,
+                     int64_t **ids, size_t *n_ids, core_err_t *err)
 {
     char name[STORE_NAME_MAX + 1];
     int version = 0;
@@ -740,12 +526,20 @@ rc_t store__w_delete(store_t *s, const char *spec, store_adapter_t *row, int64_t
         return rc;
     if ((rc = w_begin(s, err)) != RC_OK)
         return rc;
-    rc = w_delete_ids(s, spec, name, version, ids, n_ids, err);
+    rc = w_delete_ids(s, tenant, spec, name, version, ids, n_ids, err);
     for (size_t i = 0; rc == RC_OK && i < *n_ids; i++)
-        rc = w_stmt(s, NULL, err, "UPDATE adapters SET state = 'deleted' WHERE id = ?1", "i",
+        rc = store__w_stmt(s, NULL, err, "UPDATE adapters SET state = 'deleted' WHERE id = ?1", "i",
                     (*ids)[i]);
+    /* The name's last live version gone: its publication goes too, in this transaction,
+     * so a deleted name never resolves for anyone (nor comes back with a new upload). */
     if (rc == RC_OK)
-        rc = w_row(s, "SELECT " IDX_COLS " FROM adapters AS a WHERE a.id = ?1", "i", row, err,
+        rc = store__w_stmt(s, NULL, err,
+                    "DELETE FROM published WHERE tenant_id = ?1 AND name = ?2 AND NOT EXISTS"
+                    " (SELECT 1 FROM adapters WHERE tenant_id = ?1 AND name = ?2"
+                    " AND state != 'deleted')",
+                    "it", tenant, name);
+    if (rc == RC_OK)
+        rc = w_row(s, "SELECT " STORE_IDX_COLS " FROM adapters AS a WHERE a.id = ?1", "i", row, err,
                    (*ids)[*n_ids - 1]);
     rc = w_end(s, rc, err);
     if (rc != RC_OK) {
@@ -756,8 +550,8 @@ rc_t store__w_delete(store_t *s, const char *spec, store_adapter_t *row, int64_t
     return rc;
 }
 
-rc_t store__w_alias_put(store_t *s, const char *alias, const char *target, store_adapter_t *row,
-                        core_err_t *err)
+rc_t store__w_alias_put(store_t *s, int64_t tenant, const char *alias, const char *target,
+                        store_adapter_t *row, core_err_t *err)
 {
     int64_t n_named = 0;
     if (!store_name_valid(alias))
@@ -766,25 +560,25 @@ rc_t store__w_alias_put(store_t *s, const char *alias, const char *target, store
     if (rc != RC_OK)
         return rc;
     rc = w_int(s, "SELECT COUNT(*) FROM adapters WHERE tenant_id = ?1 AND name = ?2", "it",
-               &n_named, err, s->tenant_id, alias);
+               &n_named, err, tenant, alias);
     if (rc == RC_OK && n_named > 0)
         rc = core_err(err, RC_EXISTS, "'%s' is an adapter name: adapters and aliases share names",
                       alias);
     if (rc == RC_OK)
-        rc = w_resolve(s, target, row, err);
+        rc = w_resolve(s, tenant, target, row, err);
     if (rc == RC_OK && row->state != STORE_STATE_READY)
         rc = core_err(err, RC_UNAVAILABLE, "adapter %s@%d is %s: %s", row->name, row->version,
                       store_state_str(row->state), row->reason);
     if (rc == RC_OK)
-        rc = w_stmt(s, NULL, err,
+        rc = store__w_stmt(s, NULL, err,
                     "INSERT INTO aliases (tenant_id, name, adapter_id, updated)"
                     " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, name) DO UPDATE SET"
                     " adapter_id = excluded.adapter_id, updated = excluded.updated",
-                    "itii", s->tenant_id, alias, row->id, (int64_t)time(NULL));
+                    "itii", tenant, alias, row->id, (int64_t)time(NULL));
     return w_end(s, rc, err);
 }
 
-rc_t store__w_alias_delete(store_t *s, const char *alias, core_err_t *err)
+rc_t store__w_alias_delete(store_t *s, int64_t tenant, const char *alias, core_err_t *err)
 {
     int64_t n = 0;
     if (!store_name_valid(alias))
@@ -793,12 +587,12 @@ rc_t store__w_alias_delete(store_t *s, const char *alias, core_err_t *err)
     if (rc != RC_OK)
         return rc;
     rc = w_int(s, "SELECT COUNT(*) FROM aliases WHERE tenant_id = ?1 AND name = ?2", "it", &n,
-               err, s->tenant_id, alias);
+               err, tenant, alias);
     if (rc == RC_OK && n == 0)
         rc = core_err(err, RC_NOT_FOUND, "alias '%s' not found", alias);
     if (rc == RC_OK)
-        rc = w_stmt(s, NULL, err, "DELETE FROM aliases WHERE tenant_id = ?1 AND name = ?2", "it",
-                    s->tenant_id, alias);
+        rc = store__w_stmt(s, NULL, err, "DELETE FROM aliases WHERE tenant_id = ?1 AND name = ?2", "it",
+                    tenant, alias);
     return w_end(s, rc, err);
 }
 
@@ -809,9 +603,9 @@ static rc_t w_simple_tx(store_t *s, core_err_t *err, const char *sql, const char
     if (rc != RC_OK)
         return rc;
     if (types[1] == 't')
-        rc = w_stmt(s, NULL, err, sql, types, a, b);
+        rc = store__w_stmt(s, NULL, err, sql, types, a, b);
     else
-        rc = w_stmt(s, NULL, err, sql, types, a);
+        rc = store__w_stmt(s, NULL, err, sql, types, a);
     return w_end(s, rc, err);
 }
 
@@ -835,7 +629,7 @@ rc_t store__w_usage(store_t *s, const store_usage_t *u, size_t n, core_err_t *er
 {
     rc_t rc = w_begin(s, err);
     for (size_t i = 0; rc == RC_OK && i < n; i++)
-        rc = w_stmt(s, NULL, err,
+        rc = store__w_stmt(s, NULL, err,
                     "UPDATE adapters SET n_requests = n_requests + ?2,"
                     " last_used = MAX(last_used, ?3) WHERE id = ?1",
                     "iii", u[i].id, u[i].n, u[i].last_used);
@@ -870,7 +664,7 @@ static rc_t idx_live_blobs(store_t *s, idx_keep_t *k, core_err_t *err)
                            "SELECT sha256 FROM adapters WHERE state != 'deleted' UNION"
                            " SELECT config_sha256 FROM adapters WHERE state != 'deleted'",
                            -1, &st, NULL) != SQLITE_OK)
-        return idx_err(s->wdb, err, "prepare");
+        return store__idx_err(s->wdb, err, "prepare");
     size_t cap = 0;
     int r;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
@@ -886,7 +680,7 @@ static rc_t idx_live_blobs(store_t *s, idx_keep_t *k, core_err_t *err)
         idx_copy(k->hex[k->n++], STORE_BLOB_HEX, sqlite3_column_text(st, 0));
     }
     if (rc == RC_OK && r != SQLITE_DONE)
-        rc = idx_err(s->wdb, err, "gc query");
+        rc = store__idx_err(s->wdb, err, "gc query");
     sqlite3_finalize(st);
     if (rc == RC_OK && k->n)
         qsort(k->hex, k->n, sizeof *k->hex, idx_hexcmp);
@@ -924,7 +718,7 @@ static rc_t idx_legacy_rows(store_t *s, idx_legacy_t **rows, size_t *n, core_err
                            "SELECT id, legacy_path, sha256 FROM adapters WHERE legacy_path IS"
                            " NOT NULL AND state != 'deleted'",
                            -1, &st, NULL) != SQLITE_OK)
-        return idx_err(s->wdb, err, "prepare");
+        return store__idx_err(s->wdb, err, "prepare");
     while (sqlite3_step(st) == SQLITE_ROW) {
         idx_legacy_t *nv = realloc(*rows, (*n + 1) * sizeof *nv);
         if (!nv) {
@@ -966,12 +760,12 @@ static rc_t idx_legacy_one(store_t *s, const idx_legacy_t *l, core_err_t *err)
     if (wrc != RC_OK)
         return wrc;
     if (rc == RC_OK)
-        wrc = w_stmt(s, NULL, err,
+        wrc = store__w_stmt(s, NULL, err,
                      "UPDATE adapters SET config_sha256 = ?2, mem_bytes = ?3, legacy_path = NULL"
                      " WHERE id = ?1",
                      "iti", l->id, chex, probe.mem_bytes);
     else
-        wrc = w_stmt(s, NULL, err,
+        wrc = store__w_stmt(s, NULL, err,
                      "UPDATE adapters SET state = 'broken', reason = ?2, legacy_path = NULL"
                      " WHERE id = ?1",
                      "it", l->id, why.msg);

@@ -8,7 +8,13 @@
  * then the row inserted and committed (synchronous=FULL) - all under wmu, so GC can never
  * see the blobs without their row. The caller hears of success only after COMMIT.
  *
+ * Tenants: every change names the tenant it acts for and reaches only that tenant's own
+ * names. A new version is checked against the tenant's max_stored_bytes inside the insert
+ * transaction, before the blobs move (a refusal leaves only temp files, which the task
+ * removes); the limit is read on the loop thread when the task is made.
+ *
  * Threads: public functions on the store's thread; *_work functions on a pool thread. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -231,14 +237,28 @@ typedef enum { OP_INSTALL, OP_DELETE, OP_ALIAS_PUT, OP_ALIAS_DELETE, OP_PIN, OP_
 
 struct store_upload {
     store_t *s;
+    int64_t tenant;
     char name[STORE_NAME_MAX + 1];
     store_blob_writer_t *w[2]; /* STORE_PART_CONFIG, STORE_PART_WEIGHTS */
 };
+
+/* Progress of a blocking import (store_import): bytes copied, then verified. */
+typedef struct {
+    store_progress_fn fn; /* NULL: nobody asked */
+    void *user;
+    uint64_t done, total, next;
+} ops_prog_t;
+
+#define OPS_PROGRESS_STEP (4u << 20) /* report every 4 MiB copied */
+#define OPS_COPY_BUF (1u << 20)
 
 typedef struct {
     store_task_t t;
     store_t *s;
     ops_kind_t kind;
+    int64_t tenant;             /* whose names the change acts on */
+    int64_t max_bytes;          /* install: the tenant's max_stored_bytes, 0 = unlimited */
+    ops_prog_t prog;            /* install from a folder: store_import's progress */
     char a[PATH_MAX];           /* name / spec / alias / folder */
     char b[STORE_SPEC_MAX];     /* target / import name */
     bool flag;                  /* pin: pin; import: fail_if_exists */
@@ -268,24 +288,132 @@ static rc_t ops_install_blobs(void *ctx, core_err_t *err)
     return rc;
 }
 
+static void ops_prog_report(ops_prog_t *pg, const char *phase)
+{
+    if (pg->done > pg->total) /* a file grew since it was measured */
+        pg->total = pg->done;
+    pg->fn(pg->user, phase, pg->done, pg->total);
+}
+
+/* Open src for a copy: a regular file of at most max bytes (as blob.c's copy checks). */
+static rc_t ops_src_open(const char *src, uint64_t max, int *fd_out, core_err_t *err)
+{
+    struct stat st;
+    rc_t rc = RC_OK;
+    /* O_NONBLOCK so a FIFO under the name cannot hang the open. */
+    int fd = open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return core_err(err, errno == ENOENT || errno == ENOTDIR ? RC_NOT_FOUND : RC_IO,
+                        "open %s: %s", src, strerror(errno));
+    if (fstat(fd, &st) != 0)
+        rc = core_err(err, RC_IO, "stat %s: %s", src, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = core_err(err, RC_INVALID, "%s is not a regular file", src);
+    else if ((uint64_t)st.st_size > max)
+        rc = core_err(err, RC_LIMIT, "%s has %llu bytes, over the limit of %llu", src,
+                      (unsigned long long)st.st_size, (unsigned long long)max);
+    if (rc != RC_OK)
+        close(fd);
+    else
+        *fd_out = fd;
+    return rc;
+}
+
+/* store__blob_copy_file with progress reports (blob.c's copy has no hook for them).
+ * OUT: *out (a finished writer), hex. */
+static rc_t ops_copy_file(store_t *s, const char *src, uint64_t max, store_blob_writer_t **out,
+                          char hex[STORE_BLOB_HEX], ops_prog_t *pg, core_err_t *err)
+{
+    int fd = -1;
+    uint8_t *buf = NULL;
+    store_blob_writer_t *w = NULL;
+    *out = NULL;
+    if (!pg->fn)
+        return store__blob_copy_file(s->data_dir, src, max, out, hex, NULL, err);
+    rc_t rc = ops_src_open(src, max, &fd, err);
+    if (rc == RC_OK)
+        rc = store__blob_writer_new(s->data_dir, max, &w, err);
+    if (rc == RC_OK && !(buf = malloc(OPS_COPY_BUF)))
+        rc = core_err(err, RC_NOMEM, "copy buffer");
+    while (rc == RC_OK) {
+        ssize_t n = read(fd, buf, OPS_COPY_BUF);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n < 0)
+                rc = core_err(err, RC_IO, "read %s: %s", src, strerror(errno));
+            break;
+        }
+        rc = store__blob_write(w, buf, (size_t)n, err);
+        pg->done += (uint64_t)n;
+        if (rc == RC_OK && pg->done >= pg->next) {
+            ops_prog_report(pg, "copy");
+            pg->next = pg->done + OPS_PROGRESS_STEP;
+        }
+    }
+    if (rc == RC_OK)
+        rc = store__blob_finish(w, hex, NULL, err);
+    free(buf);
+    if (fd >= 0)
+        close(fd);
+    if (rc != RC_OK)
+        store__blob_writer_free(w);
+    else
+        *out = w;
+    return rc;
+}
+
+static uint64_t ops_file_size(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode) ? (uint64_t)sb.st_size : 0;
+}
+
 /* Copy DIR's two files into the upload's writers (imports). */
 static rc_t ops_copy_dir(store_t *s, const char *dir, store_upload_t *u,
-                        char chex[STORE_BLOB_HEX], char whex[STORE_BLOB_HEX], core_err_t *err)
+                        char chex[STORE_BLOB_HEX], char whex[STORE_BLOB_HEX], ops_prog_t *pg,
+                        core_err_t *err)
 {
-    char path[PATH_MAX + 64];
+    char path[PATH_MAX + 64], cpath[PATH_MAX + 64];
     struct stat sb;
     snprintf(path, sizeof path, "%s/adapter_model.bin", dir);
     bool has_bin = stat(path, &sb) == 0;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    snprintf(cpath, sizeof cpath, "%s/adapter_config.json", dir);
     if (has_bin && stat(path, &sb) != 0)
         return core_err(err, RC_UNSUPPORTED,
                         "%s: pickle .bin adapters are not supported; convert to safetensors", dir);
-    rc_t rc = store__blob_copy_file(s->data_dir, path, s->p.max_adapter_bytes,
-                                    &u->w[STORE_PART_WEIGHTS], whex, NULL, err);
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    if (pg->fn) {
+        pg->total = ops_file_size(path) + ops_file_size(cpath);
+        pg->done = 0;
+        pg->next = OPS_PROGRESS_STEP;
+        ops_prog_report(pg, "copy");
+    }
+    rc_t rc = ops_copy_file(s, path, s->p.max_adapter_bytes, &u->w[STORE_PART_WEIGHTS], whex, pg,
+                            err);
     if (rc == RC_OK)
-        rc = store__blob_copy_file(s->data_dir, path, STORE_CONFIG_MAX, &u->w[STORE_PART_CONFIG],
-                                   chex, NULL, err);
+        rc = ops_copy_file(s, cpath, STORE_CONFIG_MAX, &u->w[STORE_PART_CONFIG], chex, pg, err);
+    if (rc == RC_OK && pg->fn)
+        ops_prog_report(pg, "copy");
+    return rc;
+}
+
+/* Validate the finished temp files against the base; imports report "verify" around it
+ * (the parse and the f32 conversion are one call: only its start and end are known). */
+static rc_t ops_validate(ops_task_t *o, store_adapter_t *probe, core_err_t *err)
+{
+    store_upload_t *u = o->up;
+    ops_prog_t *pg = &o->prog;
+    if (pg->fn) {
+        pg->done = 0;
+        ops_prog_report(pg, "verify");
+    }
+    rc_t rc = store__validate(o->s, store__blob_tmp_path(u->w[STORE_PART_CONFIG]),
+                              store__blob_tmp_path(u->w[STORE_PART_WEIGHTS]), NULL, probe, err);
+    if (rc == RC_OK && pg->fn) {
+        pg->done = pg->total;
+        ops_prog_report(pg, "verify");
+    }
     return rc;
 }
 
@@ -296,7 +424,7 @@ static rc_t ops_install(ops_task_t *o, core_err_t *err)
     store_upload_t *u = o->up;
     store_adapter_t probe;
     char chex[STORE_BLOB_HEX], whex[STORE_BLOB_HEX];
-    rc_t rc = o->from_dir ? ops_copy_dir(s, o->a, u, chex, whex, err) : RC_OK;
+    rc_t rc = o->from_dir ? ops_copy_dir(s, o->a, u, chex, whex, &o->prog, err) : RC_OK;
     if (rc == RC_OK && !u->w[STORE_PART_CONFIG])
         rc = core_err(err, RC_INVALID, "the adapter_config.json part (`config`) is missing");
     if (rc == RC_OK && !u->w[STORE_PART_WEIGHTS])
@@ -304,8 +432,7 @@ static rc_t ops_install(ops_task_t *o, core_err_t *err)
     if (rc == RC_OK && !o->from_dir && (rc = store__blob_finish(u->w[0], chex, NULL, err)) == RC_OK)
         rc = store__blob_finish(u->w[1], whex, NULL, err);
     if (rc == RC_OK)
-        rc = store__validate(s, store__blob_tmp_path(u->w[0]), store__blob_tmp_path(u->w[1]),
-                             NULL, &probe, err);
+        rc = ops_validate(o, &probe, err);
     if (rc == RC_OK && (uint64_t)probe.mem_bytes > s->p.cache_budget_bytes)
         rc = core_err(err, RC_LIMIT,
                       "the adapter needs %lld bytes in memory, more than the whole adapter "
@@ -315,8 +442,8 @@ static rc_t ops_install(ops_task_t *o, core_err_t *err)
         return rc;
     memcpy(probe.config_sha256, chex, sizeof chex);
     memcpy(probe.sha256, whex, sizeof whex);
-    store_insert_t in = {.name = u->name, .probe = &probe, .reuse_same = o->from_dir,
-                         .fail_if_exists = o->flag};
+    store_insert_t in = {.tenant = u->tenant, .max_bytes = o->max_bytes, .name = u->name,
+                         .probe = &probe, .reuse_same = o->from_dir, .fail_if_exists = o->flag};
     pthread_mutex_lock(&s->wmu);
     rc = store__w_insert(s, &in, ops_install_blobs, u, &o->row, err);
     pthread_mutex_unlock(&s->wmu);
@@ -337,9 +464,13 @@ static void ops_work(store_task_t *t)
         return;
     pthread_mutex_lock(&s->wmu);
     switch (o->kind) {
-    case OP_DELETE: o->rc = store__w_delete(s, o->a, &o->row, &o->ids, &o->n_ids, &o->err); break;
-    case OP_ALIAS_PUT: o->rc = store__w_alias_put(s, o->a, o->b, &o->row, &o->err); break;
-    case OP_ALIAS_DELETE: o->rc = store__w_alias_delete(s, o->a, &o->err); break;
+    case OP_DELETE:
+        o->rc = store__w_delete(s, o->tenant, o->a, &o->row, &o->ids, &o->n_ids, &o->err);
+        break;
+    case OP_ALIAS_PUT:
+        o->rc = store__w_alias_put(s, o->tenant, o->a, o->b, &o->row, &o->err);
+        break;
+    case OP_ALIAS_DELETE: o->rc = store__w_alias_delete(s, o->tenant, o->a, &o->err); break;
     case OP_PIN: o->rc = store__w_pin(s, o->id, o->flag, &o->err); break;
     case OP_BROKEN: o->rc = store__w_mark_broken(s, o->id, o->a, &o->err); break;
     case OP_USAGE: o->rc = store__w_usage(s, o->usage, o->n_usage, &o->err); break;
@@ -440,9 +571,12 @@ static bool ops_writable(store_t *s, core_err_t *err)
 
 /* ---- uploads ---- */
 
-rc_t store_upload_new(store_t *s, const char *name, store_upload_t **out, core_err_t *err)
+rc_t store_upload_new(store_t *s, int64_t tenant, const char *name, store_upload_t **out,
+                      core_err_t *err)
 {
     *out = NULL;
+    if (!s->p.base) /* opened for the tenant and key commands */
+        return core_err(err, RC_INVALID, "no base model loaded: adapters cannot be added");
     if (!store_name_valid(name))
         return core_err(err, RC_INVALID,
                         "invalid adapter name '%.80s': use 1-%d characters of A-Z a-z 0-9 . _ -, "
@@ -453,6 +587,7 @@ rc_t store_upload_new(store_t *s, const char *name, store_upload_t **out, core_e
     if (!u)
         return core_err(err, RC_NOMEM, "store: out of memory");
     u->s = s;
+    u->tenant = tenant;
     snprintf(u->name, sizeof u->name, "%s", name);
     *out = u;
     return RC_OK;
@@ -491,6 +626,8 @@ void store_upload_commit(store_upload_t *u, store_done_fn cb, void *user)
         return;
     }
     o->up = u;
+    o->tenant = u->tenant;
+    o->max_bytes = store__tenant_max_bytes(s, u->tenant); /* the loop thread's copy */
     ops_submit(o);
 }
 
@@ -505,13 +642,13 @@ void store_upload_free(store_upload_t *u)
 
 /* ---- imports ---- */
 
-static rc_t ops_import_task(store_t *s, const char *dir, const char *name,
+static rc_t ops_import_task(store_t *s, int64_t tenant, const char *dir, const char *name,
                             const store_import_opts_t *opt, store_done_fn cb, void *user,
                             ops_task_t **out, core_err_t *err)
 {
     store_upload_t *u = NULL;
     *out = NULL;
-    rc_t rc = store_upload_new(s, name, &u, err);
+    rc_t rc = store_upload_new(s, tenant, name, &u, err);
     if (rc != RC_OK)
         return rc;
     if (strlen(dir) >= PATH_MAX) {
@@ -524,6 +661,8 @@ static rc_t ops_import_task(store_t *s, const char *dir, const char *name,
         return core_err(err, RC_NOMEM, "store: out of memory");
     }
     o->up = u;
+    o->tenant = tenant;
+    o->max_bytes = store__tenant_max_bytes(s, tenant);
     o->from_dir = true;
     o->flag = opt && opt->fail_if_exists;
     snprintf(o->a, sizeof o->a, "%s", dir);
@@ -531,12 +670,12 @@ static rc_t ops_import_task(store_t *s, const char *dir, const char *name,
     return RC_OK;
 }
 
-void store_import_async(store_t *s, const char *dir, const char *name,
+void store_import_async(store_t *s, int64_t tenant, const char *dir, const char *name,
                         const store_import_opts_t *opt, store_done_fn cb, void *user)
 {
     core_err_t err = {{0}};
     ops_task_t *o = NULL;
-    rc_t rc = ops_import_task(s, dir, name, opt, cb, user, &o, &err);
+    rc_t rc = ops_import_task(s, tenant, dir, name, opt, cb, user, &o, &err);
     if (rc != RC_OK) {
         ops_fail(s, rc, &err, cb, user);
         return;
@@ -545,13 +684,16 @@ void store_import_async(store_t *s, const char *dir, const char *name,
 }
 
 /* Blocking import: the same task, run on this thread. */
-rc_t store_import(store_t *s, const char *dir, const char *name, store_adapter_t *row,
+rc_t store_import(store_t *s, int64_t tenant, const char *dir, const char *name,
+                  store_progress_fn progress, void *progress_user, store_adapter_t *row,
                   core_err_t *err)
 {
     ops_task_t *o = NULL;
-    rc_t rc = ops_import_task(s, dir, name, NULL, NULL, NULL, &o, err);
+    rc_t rc = ops_import_task(s, tenant, dir, name, NULL, NULL, NULL, &o, err);
     if (rc != RC_OK)
         return rc;
+    o->prog.fn = progress;
+    o->prog.user = progress_user;
     ops_work(&o->t);
     rc = o->rc;
     if (rc != RC_OK && err)
@@ -573,15 +715,16 @@ static bool ops_is_adapter_dir(const char *dir, const char *entry)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-#include <dirent.h>
-
-rc_t store_import_dir(store_t *s, const char *dir, int *n_imported, core_err_t *err)
+rc_t store_import_dir(store_t *s, int64_t tenant, const char *dir, int *n_imported,
+                      core_err_t *err)
 {
     struct dirent **ents = NULL;
-    int n = scandir(dir, &ents, NULL, alphasort); /* sorted: logs read the same every run */
     int n_ok = 0;
     if (n_imported)
         *n_imported = 0;
+    if (!s->p.base)
+        return core_err(err, RC_INVALID, "no base model loaded: adapters cannot be added");
+    int n = scandir(dir, &ents, NULL, alphasort); /* sorted: logs read the same every run */
     if (n < 0)
         return core_err(err, RC_IO, "adapters dir '%s': %s", dir, strerror(errno));
     for (int i = 0; i < n; i++) {
@@ -594,7 +737,7 @@ rc_t store_import_dir(store_t *s, const char *dir, int *n_imported, core_err_t *
         } else if (!store_name_valid(e)) {
             fprintf(stderr, "adapterd: store: skipping '%s': folder name is not a valid "
                             "adapter name\n", sub);
-        } else if (store_import(s, sub, e, NULL, &ierr) != RC_OK) {
+        } else if (store_import(s, tenant, sub, e, NULL, NULL, NULL, &ierr) != RC_OK) {
             fprintf(stderr, "adapterd: store: skipping '%s': %s\n", sub, ierr.msg);
         } else {
             n_ok++;
@@ -609,8 +752,8 @@ rc_t store_import_dir(store_t *s, const char *dir, int *n_imported, core_err_t *
 
 /* ---- delete, aliases, pins ---- */
 
-static void ops_simple(store_t *s, ops_kind_t kind, const char *a, const char *b,
-                       store_done_fn cb, void *user)
+static void ops_simple(store_t *s, int64_t tenant, ops_kind_t kind, const char *a,
+                       const char *b, store_done_fn cb, void *user)
 {
     core_err_t err;
     if (!ops_writable(s, &err)) {
@@ -623,18 +766,19 @@ static void ops_simple(store_t *s, ops_kind_t kind, const char *a, const char *b
         cb(user, RC_NOMEM, NULL, &err);
         return;
     }
+    o->tenant = tenant;
     snprintf(o->a, sizeof o->a, "%s", a ? a : "");
     snprintf(o->b, sizeof o->b, "%s", b ? b : "");
     ops_submit(o);
 }
 
-void store_delete(store_t *s, const char *spec, store_done_fn cb, void *user)
+void store_delete(store_t *s, int64_t tenant, const char *spec, store_done_fn cb, void *user)
 {
-    ops_simple(s, OP_DELETE, spec, NULL, cb, user);
+    ops_simple(s, tenant, OP_DELETE, spec, NULL, cb, user);
 }
 
-void store_alias_put(store_t *s, const char *alias, const char *target, store_done_fn cb,
-                     void *user)
+void store_alias_put(store_t *s, int64_t tenant, const char *alias, const char *target,
+                     store_done_fn cb, void *user)
 {
     core_err_t err;
     if (!target || strlen(target) >= STORE_SPEC_MAX) {
@@ -642,19 +786,24 @@ void store_alias_put(store_t *s, const char *alias, const char *target, store_do
         ops_fail(s, RC_NOT_FOUND, &err, cb, user);
         return;
     }
-    ops_simple(s, OP_ALIAS_PUT, alias, target, cb, user);
+    ops_simple(s, tenant, OP_ALIAS_PUT, alias, target, cb, user);
 }
 
-void store_alias_delete(store_t *s, const char *alias, store_done_fn cb, void *user)
+void store_alias_delete(store_t *s, int64_t tenant, const char *alias, store_done_fn cb,
+                        void *user)
 {
-    ops_simple(s, OP_ALIAS_DELETE, alias, NULL, cb, user);
+    ops_simple(s, tenant, OP_ALIAS_DELETE, alias, NULL, cb, user);
 }
 
-void store_pin(store_t *s, const char *spec, bool pin, store_done_fn cb, void *user)
+void store_pin(store_t *s, int64_t tenant, const char *spec, bool pin, store_done_fn cb,
+               void *user)
 {
     core_err_t err = {{0}};
     store_adapter_t row = {0};
-    rc_t rc = store__resolve(s, spec, &row, &err);
+    rc_t rc = store__resolve(s, tenant, spec, &row, &err);
+    /* Another tenant's published adapter is used, never pinned: as if it did not exist. */
+    if (rc == RC_OK && row.shared)
+        rc = core_err(&err, RC_NOT_FOUND, "adapter '%.80s' not found", spec);
     store_entry_t *e = rc == RC_OK ? store__cache_find(s, row.id) : NULL;
     bool already = rc == RC_OK && (e ? e->pinned : row.pinned);
     if (rc == RC_OK && pin && !already &&

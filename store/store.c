@@ -4,8 +4,11 @@
  *
  * Open order: lock DATA_DIR/adapterd.lock (flock, exclusive, non-blocking: a second
  * daemon or an `adapterd import` against a running daemon is refused, so the index never
- * has two writing processes), blob folders, index (migrations), empty tmp/, copy rows of
- * schema 1 into blobs, collect unreferenced blobs, then start loading pinned adapters.
+ * has two writing processes), blob folders, index (migrations), tenants and keys (tenant.c),
+ * empty tmp/, copy rows of schema 1 into blobs, collect unreferenced blobs, then start
+ * loading pinned adapters (every tenant's: the cache is shared).
+ * Without a base model (the tenant and key commands) nothing is loaded, and the rows of
+ * schema 1 wait for a daemon: validating them needs the base.
  * Threads: the store's thread. */
 #include <errno.h>
 #include <fcntl.h>
@@ -125,7 +128,7 @@ static rc_t store_recover(store_t *s, core_err_t *err)
     if (rc == RC_OK && n_tmp)
         fprintf(stderr, "adapterd: store: removed %d unfinished upload file(s)\n", n_tmp);
     pthread_mutex_lock(&s->wmu);
-    if (rc == RC_OK)
+    if (rc == RC_OK && s->p.base)
         rc = store__w_legacy_fixup(s, err);
     if (rc == RC_OK)
         rc = store__w_gc(s, &n_gc, &gc_bytes, err);
@@ -174,6 +177,8 @@ static rc_t store_open_steps(store_t *s, core_err_t *err)
     if (rc == RC_OK)
         rc = store__index_open(s, err);
     if (rc == RC_OK)
+        rc = store__tenant_open(s, err);
+    if (rc == RC_OK)
         rc = store_recover(s, err);
     return rc;
 }
@@ -181,8 +186,8 @@ static rc_t store_open_steps(store_t *s, core_err_t *err)
 rc_t store_open(const store_params_t *p, store_t **out, core_err_t *err)
 {
     *out = NULL;
-    if (!p || !p->data_dir || !p->base)
-        return core_err(err, RC_INVALID, "store_open: data dir and base model are required");
+    if (!p || !p->data_dir)
+        return core_err(err, RC_INVALID, "store_open: a data dir is required");
     if (strlen(p->data_dir) >= PATH_MAX - 128)
         return core_err(err, RC_INVALID, "data dir '%.80s...': path too long", p->data_dir);
     store_t *s = calloc(1, sizeof *s);
@@ -201,7 +206,8 @@ rc_t store_open(const store_params_t *p, store_t **out, core_err_t *err)
         store_close(s);
         return rc;
     }
-    store_load_pinned(s);
+    if (s->p.base)
+        store_load_pinned(s);
     *out = s;
     return RC_OK;
 }
@@ -219,6 +225,8 @@ void store_close(store_t *s)
         pthread_mutex_unlock(&s->wmu);
     }
     free(s->usage);
+    if (s->tn) /* NULL when open failed before the tenants were read */
+        store__tenant_close(s);
     store__index_close(s);
     if (s->lock_fd >= 0)
         close(s->lock_fd); /* releases the flock */

@@ -14,8 +14,17 @@
  * Names (adapters and aliases share one namespace per tenant): 1-64 chars of
  * [A-Za-z0-9._-], starting with a letter or digit. A spec is "NAME" (an alias, else the
  * newest version of that name), or "NAME@VERSION". Names never become paths. Versions
- * count up per name and are never reused, even after a delete. Until tenants arrive (a
- * later issue) every call acts for the tenant "default".
+ * count up per name and are never reused, even after a delete.
+ *
+ * Tenants: every name-based call takes the tenant it acts for (a tenant id; the tenant
+ * "default", id STORE_TENANT_DEFAULT, always exists). A tenant sees its own adapters and
+ * aliases, plus the names an admin *published*: a published name (global: at most one
+ * tenant publishes a given name) resolves, for every other tenant that has no adapter or
+ * alias of that name, to the publisher's adapter. Other tenants may use a published
+ * adapter (resolve, acquire, list) but never change it (delete, alias, pin act on the
+ * caller's own names only: RC_NOT_FOUND otherwise). An unpublished adapter of another
+ * tenant is RC_NOT_FOUND with the same message as a name that does not exist.
+ * API keys belong to a tenant and carry a role; the index stores only their sha256.
  *
  * Resident cache: an adapter is loaded on first use by a task on the executor (a pool
  * thread): read both blobs, verify their sha256 (a mismatch marks the version broken:
@@ -50,6 +59,7 @@
 
 #define STORE_NAME_MAX 64
 #define STORE_SPEC_MAX (STORE_NAME_MAX + 12) /* "NAME@VERSION" */
+#define STORE_TENANT_DEFAULT 1 /* the tenant "default": exists in every index */
 
 /* ---- the executor: where blocking work runs -------------------------------------- */
 
@@ -82,13 +92,18 @@ typedef struct {
     /* Hold an exclusive lock on DATA_DIR/adapterd.lock for the store's life (the daemon and
      * the import command both do), so two processes never write one index. */
     bool lock;
+    /* Quotas of tenants whose own value is STORE_QUOTA_INHERIT (the serve flags
+     * --tenant-max-concurrent, --tenant-tokens-per-min, --tenant-max-stored-bytes);
+     * 0 = unlimited, the default. */
+    int64_t default_max_concurrent, default_tokens_per_min, default_max_stored_bytes;
 } store_params_t;
 
 store_params_t store_default_params(void);
 
 /* Opens (creating or migrating) the index, empties DATA_DIR/tmp, collects unreferenced
  * blobs and copies the files of rows migrated from schema 1 (which referenced folders in
- * place) into blobs. RC_BUSY when another process holds the lock (the message says which
+ * place) into blobs. base may be NULL (the tenant and key commands): then uploads and
+ * imports fail RC_INVALID and pins are not loaded. RC_BUSY when another process holds the lock (the message says which
  * file and what to do), RC_UNSUPPORTED for a newer schema. Blocking: call before the loop
  * runs. OUT: *out. */
 rc_t store_open(const store_params_t *p, store_t **out, core_err_t *err);
@@ -115,6 +130,9 @@ typedef enum {
 
 typedef struct {
     int64_t id;
+    int64_t tenant_id;   /* the owner */
+    bool shared;         /* resolved for another tenant through a published name */
+    bool published;      /* its name is published by its owner */
     char name[STORE_NAME_MAX + 1];
     int version;
     char kind[16];       /* "lora" */
@@ -145,14 +163,19 @@ typedef struct {
 
 const char *store_state_str(store_state_t st); /* "ready", "broken", "deleted" */
 
-/* Resolve a spec to its row now (alias -> its target version; NAME -> newest live
- * version; NAME@V). RC_NOT_FOUND for unknown or deleted, RC_INVALID for a malformed spec. */
-rc_t store_resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err);
-/* Newest live version of every name, ordered by name. OUT: *rows malloc'd, *n. */
-rc_t store_list(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err);
-/* Every live version of name, oldest first. RC_NOT_FOUND when none. */
-rc_t store_versions(store_t *s, const char *name, store_adapter_t **rows, size_t *n,
-                    core_err_t *err);
+/* Resolve a spec for tenant now (its alias -> the target version; its NAME -> newest
+ * live version; NAME@V; else a name published by another tenant, resolved in that
+ * tenant, row->shared set). RC_NOT_FOUND for unknown, deleted or foreign unpublished
+ * (message "adapter 'SPEC' not found" in every case), RC_INVALID for a malformed spec. */
+rc_t store_resolve(store_t *s, int64_t tenant, const char *spec, store_adapter_t *row,
+                   core_err_t *err);
+/* Newest live version of every name tenant owns, then of every name others published
+ * that tenant does not shadow (shared set), ordered by name. OUT: *rows malloc'd, *n. */
+rc_t store_list(store_t *s, int64_t tenant, store_adapter_t **rows, size_t *n,
+                core_err_t *err);
+/* Every live version of name (own, else published), oldest first. RC_NOT_FOUND when none. */
+rc_t store_versions(store_t *s, int64_t tenant, const char *name, store_adapter_t **rows,
+                    size_t *n, core_err_t *err);
 void store_runtime(store_t *s, int64_t id, store_runtime_t *rt);
 
 typedef struct {
@@ -160,8 +183,9 @@ typedef struct {
     char target[STORE_SPEC_MAX]; /* "NAME@VERSION" */
     int64_t updated;             /* unix seconds */
 } store_alias_t;
-/* Every alias, ordered by name. OUT: *rows malloc'd, *n. */
-rc_t store_aliases(store_t *s, store_alias_t **rows, size_t *n, core_err_t *err);
+/* Every alias of tenant, ordered by name. OUT: *rows malloc'd, *n. */
+rc_t store_aliases(store_t *s, int64_t tenant, store_alias_t **rows, size_t *n,
+                   core_err_t *err);
 
 typedef struct {
     uint64_t budget_bytes, resident_bytes, pinned_bytes;
@@ -191,8 +215,8 @@ typedef void (*store_ready_fn)(void *user, rc_t rc, const core_err_t *err);
  * failed now (unknown name RC_NOT_FOUND, broken RC_UNAVAILABLE, larger than the budget
  * RC_LIMIT; nothing retained). wants must stay valid until cb runs or the wait is
  * cancelled. Counts a request for each row. */
-rc_t store_acquire(store_t *s, store_want_t *wants, int n, store_ready_fn cb, void *user,
-                   store_wait_t **wait, core_err_t *err);
+rc_t store_acquire(store_t *s, int64_t tenant, store_want_t *wants, int n, store_ready_fn cb,
+                   void *user, store_wait_t **wait, core_err_t *err);
 /* The request went away: cb will not be called; references taken are released. */
 void store_wait_cancel(store_t *s, store_wait_t *wait);
 
@@ -208,14 +232,17 @@ typedef struct store_upload store_upload_t;
 typedef enum { STORE_PART_CONFIG, STORE_PART_WEIGHTS } store_part_t;
 
 /* RC_INVALID for a bad name, RC_UNAVAILABLE when the store no longer accepts writes. */
-rc_t store_upload_new(store_t *s, const char *name, store_upload_t **out, core_err_t *err);
+rc_t store_upload_new(store_t *s, int64_t tenant, const char *name, store_upload_t **out,
+                      core_err_t *err);
 /* Append to one file. RC_LIMIT past max_adapter_bytes (weights) or 64 KiB (config),
  * RC_NOSPACE, RC_IO. (The write goes to the page cache; fsync happens in commit.) */
 rc_t store_upload_write(store_upload_t *u, store_part_t part, const void *data, size_t len,
                         core_err_t *err);
 /* Takes u. Validates the pair against the base model (RC_MISMATCH/RC_UNSUPPORTED/
  * RC_FORMAT/RC_INVALID with the reason), RC_LIMIT when larger than the cache budget,
- * RC_EXISTS when the name is an alias, RC_INVALID when a part is missing; then fsyncs,
+ * RC_EXISTS when the name is an alias, RC_INVALID when a part is missing, RC_QUOTA when
+ * the tenant's stored bytes (weights of its live versions) plus this one would pass its
+ * max_stored_bytes (checked inside the insert transaction); then fsyncs,
  * installs and inserts version newest+1 in one transaction. cb gets the new row. */
 void store_upload_commit(store_upload_t *u, store_done_fn cb, void *user);
 /* Abandon an upload (client gone): temp files removed. NULL-safe. */
@@ -227,30 +254,127 @@ typedef struct {
 /* Copy DIR/adapter_config.json and DIR/adapter_model.safetensors into blobs and index
  * them as name: a new version, unless the newest version of name has the same two
  * sha256s (then that row, unchanged). Same validation as uploads. */
-void store_import_async(store_t *s, const char *dir, const char *name,
+void store_import_async(store_t *s, int64_t tenant, const char *dir, const char *name,
                         const store_import_opts_t *o, store_done_fn cb, void *user);
-/* Blocking form (start-up, the import command): runs on the caller's thread. */
-rc_t store_import(store_t *s, const char *dir, const char *name, store_adapter_t *row,
+/* Progress of a blocking import: phase "copy" (bytes of both files copied into tmp/ so
+ * far, of total) then "verify" (bytes parsed and checked, of total); called often enough
+ * for a progress bar (every few MiB), on the caller's thread. */
+typedef void (*store_progress_fn)(void *user, const char *phase, uint64_t done,
+                                  uint64_t total);
+/* Blocking form (start-up, the import command): runs on the caller's thread. progress
+ * may be NULL. */
+rc_t store_import(store_t *s, int64_t tenant, const char *dir, const char *name,
+                  store_progress_fn progress, void *progress_user, store_adapter_t *row,
                   core_err_t *err);
 /* Import every sub-folder of dir that holds an adapter_config.json, named after the
- * sub-folder. Bad ones are logged to stderr and skipped. Blocking. OUT: *n_imported. */
-rc_t store_import_dir(store_t *s, const char *dir, int *n_imported, core_err_t *err);
+ * sub-folder, for tenant. Bad ones are logged to stderr and skipped. Blocking.
+ * OUT: *n_imported. */
+rc_t store_import_dir(store_t *s, int64_t tenant, const char *dir, int *n_imported,
+                      core_err_t *err);
 
 /* spec "NAME" deletes every version, "NAME@V" one. Requests already holding the adapter
  * finish on it; new ones get RC_NOT_FOUND at once (the cache forgets it before cb).
  * RC_EXISTS when an alias points at a version to delete (repoint or delete it first).
  * cb's row is the (last) version deleted. */
-void store_delete(store_t *s, const char *spec, store_done_fn cb, void *user);
+void store_delete(store_t *s, int64_t tenant, const char *spec, store_done_fn cb, void *user);
 
 /* Point alias at target (a spec, resolved now: "NAME" means its newest version at this
  * moment). Creates or repoints in one transaction: the hot swap. RC_EXISTS when alias is
  * an adapter name; RC_NOT_FOUND when target is unknown. cb's row is the target version. */
-void store_alias_put(store_t *s, const char *alias, const char *target, store_done_fn cb,
-                     void *user);
-void store_alias_delete(store_t *s, const char *alias, store_done_fn cb, void *user);
+void store_alias_put(store_t *s, int64_t tenant, const char *alias, const char *target,
+                     store_done_fn cb, void *user);
+void store_alias_delete(store_t *s, int64_t tenant, const char *alias, store_done_fn cb,
+                        void *user);
 
 /* Pin (keep resident, load now) or unpin a version. RC_LIMIT when the pinned bytes would
  * pass the budget. Persists across restarts. cb's row is the version. */
-void store_pin(store_t *s, const char *spec, bool pin, store_done_fn cb, void *user);
+void store_pin(store_t *s, int64_t tenant, const char *spec, bool pin, store_done_fn cb,
+               void *user);
+
+/* Publish (or withdraw) tenant's NAME (every version; aliases cannot be published) so
+ * other tenants can use it. RC_NOT_FOUND when tenant has no live version of name,
+ * RC_EXISTS when another tenant already publishes that name. Persists. cb's row is the
+ * newest version (published updated). Who may publish is the api's decision (admins). */
+void store_publish(store_t *s, int64_t tenant, const char *name, bool publish,
+                   store_done_fn cb, void *user);
+
+/* ---- tenants and API keys ------------------------------------------------------------
+ * Both tables are read into memory at open and kept current by the calls below, so the
+ * per-request lookups (store_auth, store_tenant) touch no database. Tenant names follow
+ * the adapter name rule. Tenants are never deleted (their rows own adapters); a tenant
+ * without active keys can do nothing. */
+
+#define STORE_QUOTA_INHERIT (-1) /* use the store_params_t default */
+
+typedef struct {
+    int64_t id;
+    char name[STORE_NAME_MAX + 1];
+    int64_t created;
+    /* As set: STORE_QUOTA_INHERIT, 0 = unlimited, or the limit. */
+    int64_t max_concurrent;   /* sequences waiting or running at once */
+    int64_t tokens_per_min;   /* prompt + generated tokens per minute */
+    int64_t max_stored_bytes; /* weights bytes of its live adapter versions */
+    double share;             /* fair-share weight of its sequences, > 0, default 1 */
+} store_tenant_t;
+
+/* The tenant's effective quotas: inherit replaced by the params' defaults. */
+void store_tenant_effective(const store_t *s, const store_tenant_t *t, store_tenant_t *out);
+
+/* In-memory lookups (loop thread). RC_NOT_FOUND when unknown. */
+rc_t store_tenant(store_t *s, int64_t id, store_tenant_t *out);
+rc_t store_tenant_by_name(store_t *s, const char *name, store_tenant_t *out);
+/* Every tenant, by name. OUT: *rows malloc'd, *n. */
+rc_t store_tenants(store_t *s, store_tenant_t **rows, size_t *n, core_err_t *err);
+/* Weights bytes of tenant's live (ready or broken) versions, from the index. */
+rc_t store_tenant_bytes(store_t *s, int64_t tenant, int64_t *bytes, core_err_t *err);
+
+typedef void (*store_tenant_fn)(void *user, rc_t rc, const store_tenant_t *t,
+                                const core_err_t *err);
+/* Create tenant t->name with t's quotas and share (create: RC_EXISTS when the name is
+ * taken), or update an existing one (!create: RC_NOT_FOUND when unknown; every quota
+ * field and share are written as given). RC_INVALID for a bad name, a share <= 0 or a
+ * quota < -1. Task; cb gets the row as stored (with its id). */
+void store_tenant_put(store_t *s, const store_tenant_t *t, bool create, store_tenant_fn cb,
+                      void *user);
+
+typedef enum { STORE_ROLE_TENANT = 0, STORE_ROLE_ADMIN = 1 } store_role_t;
+const char *store_role_str(store_role_t r); /* "tenant", "admin" */
+
+#define STORE_KEY_ID_LEN 12 /* hex chars of a key's public id */
+
+typedef struct {
+    char id[STORE_KEY_ID_LEN + 1]; /* public, random: names the key in lists and revokes */
+    int64_t tenant_id;
+    store_role_t role;
+    char label[STORE_NAME_MAX + 1]; /* free text chosen by the operator, may be "" */
+    int64_t created;
+    int64_t revoked;                /* unix seconds, 0 = active */
+} store_key_t;
+
+/* The secret handed out once: "adk_" ID "_" 43 base64url chars (256 random bits from
+ * getrandom). Only sha256(secret) is stored. */
+#define STORE_KEY_SECRET_MAX 96
+
+/* Active keys (auth is required once there is at least one). Loop thread. */
+size_t store_n_active_keys(store_t *s);
+/* Authenticate a presented secret: sha256 it and compare against every active key's
+ * hash in constant time (no early exit, so timing does not depend on which key or how
+ * much of it matched). true and *out on a match. Loop thread. */
+bool store_auth(store_t *s, const char *secret, size_t len, store_key_t *out);
+/* Keys of tenant (0 = all), active and revoked, oldest first. OUT: *rows malloc'd. */
+rc_t store_keys(store_t *s, int64_t tenant, store_key_t **rows, size_t *n, core_err_t *err);
+
+/* secret: NUL-terminated, only in this callback, only on success (never stored). */
+typedef void (*store_key_fn)(void *user, rc_t rc, const store_key_t *k, const char *secret,
+                             const core_err_t *err);
+/* A new key for tenant (RC_NOT_FOUND when unknown). label: "" or up to 64 printable
+ * ASCII chars (RC_INVALID otherwise). Task. */
+void store_key_add(store_t *s, int64_t tenant, store_role_t role, const char *label,
+                   store_key_fn cb, void *user);
+/* Revoke key id (RC_NOT_FOUND when unknown; revoking a revoked key is RC_OK, unchanged).
+ * The key leaves store_auth's table during this call, before the write (fail-safe: a
+ * failed write still refuses the key until restart), so the next request with it fails.
+ * Task; cb gets the key with revoked set. */
+void store_key_revoke(store_t *s, const char *id, store_key_fn cb, void *user);
 
 #endif

@@ -1,8 +1,10 @@
 /* store_int.h - private to store/: the store struct shared by its files.
  *
  *   store.c  open/close, the data-dir lock, tick, stats, the task plumbing
- *   index.c  sqlite: schema and migrations, the reader (loop thread) and the writer
- *            (tasks, under wmu) connections, every statement
+ *   index.c  sqlite: schema and migrations, the two connections, the writer's statements
+ *            (tasks, under wmu)
+ *   index_read.c  the reader's statements (loop thread): resolution across tenants and
+ *            published names, lists
  *   cache.c  resident adapters: acquire, waits, single-flight loads, budget, LRU
  *   ops.c    changes: uploads, imports, delete, aliases, pins (tasks)
  *   blob.c   blob files (blob.h); fault.c failpoints (fault.h)
@@ -31,6 +33,8 @@ typedef enum {
     RS_ALIASES,
     RS_BY_ID,
     RS_PINNED,
+    RS_PUBLISHER,
+    RS_OWNS,
     RS__COUNT
 } store_rstmt_t;
 
@@ -57,11 +61,13 @@ typedef struct {
     int64_t last_used;
 } store_usage_t;
 
+typedef struct store_tenants store_tenants_t; /* tenant.c (declared again below) */
+
 struct store {
     store_params_t p;                     /* [any] data_dir points at data_dir below */
     char data_dir[PATH_MAX];              /* [any] */
     int lock_fd;                          /* [any] */
-    int64_t tenant_id;                    /* [any] the "default" tenant */
+    store_tenants_t *tn;                  /* [loop] tenants and keys (tenant.c) */
 
     sqlite3 *rdb;                         /* [loop] query_only */
     sqlite3_stmt *rst[RS__COUNT];         /* [loop] */
@@ -82,6 +88,16 @@ struct store {
     store_stats_t stats;                  /* [loop] counters (bytes computed on demand) */
 };
 
+/* ---- tenant.c: tenants, API keys, published names ----
+ * The tenant and key tables live in memory (s->tn) for per-request lookups without the
+ * database; tenant.c keeps them in step with the index. */
+typedef struct store_tenants store_tenants_t;
+/* Read the tenants and keys tables into s->tn (at open, after migrations). */
+rc_t store__tenant_open(store_t *s, core_err_t *err);
+void store__tenant_close(store_t *s);
+/* The effective max_stored_bytes of tenant (0 = unlimited), for a task to carry (loop). */
+int64_t store__tenant_max_bytes(store_t *s, int64_t tenant);
+
 /* ---- store.c ---- */
 /* Run t on the executor (counts n_tasks; done() must call store__task_end). */
 void store__task_submit(store_t *s, store_task_t *t);
@@ -91,9 +107,33 @@ uint64_t store__now_ms(void);
 /* ---- index.c ---- */
 rc_t store__index_open(store_t *s, core_err_t *err);
 void store__index_close(store_t *s);
-/* Reader queries (loop thread). */
-rc_t store__resolve(store_t *s, const char *spec, store_adapter_t *row, core_err_t *err);
-/* Ready rows pinned by an operator (open makes them resident). OUT: *rows malloc'd. */
+
+/* ---- index_read.c ----
+ * The row columns every adapter query selects (alias a for adapters); read back by
+ * store__idx_row_read. tenant_id and published ride along; shared is the caller's. */
+#define STORE_IDX_COLS                                                                     \
+    "a.id, a.name, a.version, a.kind, a.rank, a.alpha, a.targets, a.base_fingerprint,"     \
+    " a.sha256, a.config_sha256, a.size, a.mem_bytes, a.created, a.last_used,"             \
+    " a.n_requests, a.pinned, a.state, a.reason, a.tenant_id,"                             \
+    " EXISTS (SELECT 1 FROM published AS p WHERE p.name = a.name"                          \
+    " AND p.tenant_id = a.tenant_id)"
+void store__idx_row_read(sqlite3_stmt *st, store_adapter_t *r);
+/* RC_IO naming the index file, what failed and sqlite's message (index.c). */
+rc_t store__idx_err(sqlite3 *db, core_err_t *err, const char *what);
+/* Writer (under wmu): prepare sql, bind the arguments (types: 't' text, 'i' int64_t, 'n'
+ * int, 'd' double), step through the "sql" failpoint. With out, a row is left in *out for
+ * the caller to read and finalize (RC_NOT_FOUND when there is none). A constraint
+ * violation is RC_EXISTS (the caller words the message). */
+rc_t store__w_stmt(store_t *s, sqlite3_stmt **out, core_err_t *err, const char *sql,
+                   const char *types, ...);
+/* Prepare the reader statements on s->rdb (at open, after the migrations). */
+rc_t store__idx_prepare_reader(store_t *s, core_err_t *err);
+/* Reader queries (loop thread). Resolve a spec for tenant: its alias, its name, else a
+ * name another tenant publishes (row->shared). RC_NOT_FOUND "adapter 'SPEC' not found". */
+rc_t store__resolve(store_t *s, int64_t tenant, const char *spec, store_adapter_t *row,
+                    core_err_t *err);
+/* Ready rows pinned by an operator, every tenant's (open makes them resident).
+ * OUT: *rows malloc'd. */
 rc_t store__pinned_rows(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err);
 rc_t store__row_by_id(store_t *s, int64_t id, store_adapter_t *row, core_err_t *err);
 /* "NAME" or "NAME@V" -> name and version (0 = none given). */
@@ -102,21 +142,26 @@ rc_t store__spec_parse(const char *spec, char name[STORE_NAME_MAX + 1], int *ver
 
 /* Writer transactions (hold wmu). Each runs BEGIN IMMEDIATE ... COMMIT. */
 typedef struct {
+    int64_t tenant;               /* the owner of the new version */
+    int64_t max_bytes;            /* the tenant's max_stored_bytes, 0 = unlimited */
     const char *name;
     const store_adapter_t *probe; /* kind, rank, alpha, targets, sha256s, size, mem_bytes */
     bool reuse_same;              /* imports: keep the newest row when its hashes match */
     bool fail_if_exists;
 } store_insert_t;
-/* Insert version newest+1 (RC_EXISTS when name is an alias, or fail_if_exists and live).
+/* Insert version newest+1 (RC_EXISTS when name is an alias, or fail_if_exists and live;
+ * RC_QUOTA when the tenant's live bytes plus probe->size pass max_bytes).
  * install(ctx) runs inside the transaction, after the checks and before the INSERT: it
  * installs the blobs. OUT: row. */
 rc_t store__w_insert(store_t *s, const store_insert_t *in, rc_t (*install)(void *ctx, core_err_t *),
                      void *ctx, store_adapter_t *row, core_err_t *err);
-rc_t store__w_delete(store_t *s, const char *spec, store_adapter_t *row, int64_t **ids,
-                     size_t *n_ids, core_err_t *err);
-rc_t store__w_alias_put(store_t *s, const char *alias, const char *target,
+/* The writer acts on tenant's own names only (never a published one of another tenant).
+ * Deleting the last live version of a name also withdraws its publication. */
+rc_t store__w_delete(store_t *s, int64_t tenant, const char *spec, store_adapter_t *row,
+                     int64_t **ids, size_t *n_ids, core_err_t *err);
+rc_t store__w_alias_put(store_t *s, int64_t tenant, const char *alias, const char *target,
                         store_adapter_t *row, core_err_t *err);
-rc_t store__w_alias_delete(store_t *s, const char *alias, core_err_t *err);
+rc_t store__w_alias_delete(store_t *s, int64_t tenant, const char *alias, core_err_t *err);
 rc_t store__w_pin(store_t *s, int64_t id, bool pin, core_err_t *err);
 rc_t store__w_mark_broken(store_t *s, int64_t id, const char *reason, core_err_t *err);
 rc_t store__w_usage(store_t *s, const store_usage_t *u, size_t n, core_err_t *err);

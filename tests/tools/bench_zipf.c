@@ -193,7 +193,7 @@ static void slot_start(slot_t *sl)
     for (int i = 1; i < PROMPT; i++)
         sl->prompt[i] = 3 + (int32_t)(rng_next(&B->prompt_rng) % (uint64_t)(B->n_vocab - 3));
     B->n_started++;
-    rc_t rc = store_acquire(B->s, &sl->want, 1, on_ready, sl, &wait, &err);
+    rc_t rc = store_acquire(B->s, STORE_TENANT_DEFAULT, &sl->want, 1, on_ready, sl, &wait, &err);
     if (rc != RC_OK)
         die(sl->want.spec, &err);
     if (!wait)
@@ -283,21 +283,21 @@ static uint64_t store_prepare(const char *bench, const char *dir, const core_mod
     store_t *s = store_open_at(dir, m, 0, NULL);
     store_adapter_t *rows = NULL, row;
     size_t n = 0;
-    if (store_list(s, &rows, &n, &err) != RC_OK)
+    if (store_list(s, STORE_TENANT_DEFAULT, &rows, &n, &err) != RC_OK)
         die("store_list", &err);
     free(rows);
     if (n < N_ADAPTERS) {
         int n_imported = 0;
         double t0 = now_s();
         snprintf(src, sizeof src, "%s/zipf-adapters", bench);
-        if (store_import_dir(s, src, &n_imported, &err) != RC_OK)
+        if (store_import_dir(s, STORE_TENANT_DEFAULT, src, &n_imported, &err) != RC_OK)
             die(src, &err);
         printf("# imported %d adapters into %s (%.1f s)\n", n_imported, dir, now_s() - t0);
     }
     for (int i = 0; i < N_ADAPTERS; i += N_ADAPTERS - 1) {
         char spec[16];
         snprintf(spec, sizeof spec, "z%04d", i);
-        if (store_resolve(s, spec, &row, &err) != RC_OK)
+        if (store_resolve(s, STORE_TENANT_DEFAULT, spec, &row, &err) != RC_OK)
             die(spec, &err);
     }
     store_close(s);
@@ -329,7 +329,8 @@ static void preload_all(bench_t *B)
     for (int i = 0; i < N_ADAPTERS; i++) {
         store_wait_t *wait = NULL;
         snprintf(wants[i].spec, sizeof wants[i].spec, "z%04d", i);
-        if (store_acquire(B->s, &wants[i], 1, on_preloaded, &p, &wait, &err) != RC_OK)
+        if (store_acquire(B->s, STORE_TENANT_DEFAULT, &wants[i], 1, on_preloaded, &p, &wait,
+                          &err) != RC_OK)
             die(wants[i].spec, &err);
         p.n_pending += wait != NULL;
     }

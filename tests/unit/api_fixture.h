@@ -250,7 +250,8 @@ static inline void fx_import(fx_t *f)
     core_err_t err = {{0}};
     snprintf(dir, sizeof dir, "%s/adapters/alpha", f->root);
     write_adapter(dir);
-    ASSERT_RC(store_import(f->store, dir, "alpha", NULL, &err), RC_OK, &err);
+    ASSERT_RC(store_import(f->store, STORE_TENANT_DEFAULT, dir, "alpha", NULL, NULL, NULL, &err),
+              RC_OK, &err);
 }
 
 static inline void fx_close(fx_t *f)
@@ -341,7 +342,8 @@ static inline void fx_import_two(fx_t *f)
     fx_import(f);
     snprintf(dir, sizeof dir, "%s/adapters/beta", f->root);
     write_adapter_r(dir, 3, -1.0f);
-    ASSERT_RC(store_import(f->store, dir, "beta", NULL, &err), RC_OK, &err);
+    ASSERT_RC(store_import(f->store, STORE_TENANT_DEFAULT, dir, "beta", NULL, NULL, NULL, &err),
+              RC_OK, &err);
 }
 
 /* Splits an SSE body into its data payloads. OUT: n; returns malloc'd pointers into body. */

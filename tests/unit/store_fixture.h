@@ -239,8 +239,9 @@ static inline core_model_t test_base(void)
 }
 
 /* A PEFT folder, LoRA on q_proj and v_proj of layer 0; lora_A starts with seed. a_cols
- * other than DIM makes a folder whose shapes do not fit the base. */
-static inline void write_adapter_shape(const char *dir, float seed, int a_cols)
+ * other than DIM makes a folder whose shapes do not fit the base; meta is the safetensors
+ * header's __metadata__ (a longer one makes a larger file of the same adapter). */
+static inline void write_adapter_meta(const char *dir, float seed, int a_cols, const char *meta)
 {
     static float a[RANK * (DIM + 1)], b[DIM * RANK];
     char path[1024];
@@ -266,7 +267,12 @@ static inline void write_adapter_shape(const char *dir, float seed, int a_cols)
                                    " \"task_type\": \"CAUSAL_LM\", \"bias\": \"none\"}"),
               0);
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    ASSERT_EQ(stw_write(path, t, 4, "{\"format\":\"pt\"}"), 0);
+    ASSERT_EQ(stw_write(path, t, 4, meta), 0);
+}
+
+static inline void write_adapter_shape(const char *dir, float seed, int a_cols)
+{
+    write_adapter_meta(dir, seed, a_cols, "{\"format\":\"pt\"}");
 }
 
 static inline void write_adapter(const char *dir, float seed)
@@ -284,6 +290,7 @@ typedef struct {
     core_model_t base;
     store_params_t p;
     store_t *s;
+    int64_t tenant; /* whom the helpers act for: STORE_TENANT_DEFAULT unless a test changes it */
     aex_t *x; /* NULL: the synchronous executor */
     core_err_t err;
 } fx_t;
@@ -301,6 +308,7 @@ static inline void fx_init(fx_t *f, const char *name)
     f->p.data_dir = f->data;
     f->p.base = &f->base;
     f->p.lock = true;
+    f->tenant = STORE_TENANT_DEFAULT;
 }
 
 static inline void fx_async(fx_t *f)
@@ -358,7 +366,7 @@ static inline store_adapter_t fx_import(fx_t *f, const char *name, float seed)
     store_adapter_t row;
     snprintf(dir, sizeof dir, "%s/%s", f->ads, name);
     write_adapter(dir, seed);
-    ASSERT_RC(store_import(f->s, dir, name, &row, &f->err), RC_OK, &f->err);
+    ASSERT_RC(store_import(f->s, f->tenant, dir, name, NULL, NULL, &row, &f->err), RC_OK, &f->err);
     return row;
 }
 
@@ -387,7 +395,7 @@ static inline void on_done(void *user, rc_t rc, const store_adapter_t *row, cons
         d->row = *row;
     if (err)
         d->err = *err;
-    if (d->s && store_resolve(d->s, d->probe, &r, &e) == RC_OK)
+    if (d->s && store_resolve(d->s, STORE_TENANT_DEFAULT, d->probe, &r, &e) == RC_OK)
         d->probe_version = r.version;
 }
 
@@ -405,7 +413,7 @@ static inline rc_t fx_done(fx_t *f, done_t *d)
 static inline rc_t fx_delete(fx_t *f, const char *spec, store_adapter_t *row)
 {
     done_t d = {0};
-    store_delete(f->s, spec, on_done, &d);
+    store_delete(f->s, f->tenant, spec, on_done, &d);
     rc_t rc = fx_done(f, &d);
     if (row)
         *row = d.row;
@@ -415,7 +423,7 @@ static inline rc_t fx_delete(fx_t *f, const char *spec, store_adapter_t *row)
 static inline rc_t fx_alias(fx_t *f, const char *alias, const char *target, store_adapter_t *row)
 {
     done_t d = {0};
-    store_alias_put(f->s, alias, target, on_done, &d);
+    store_alias_put(f->s, f->tenant, alias, target, on_done, &d);
     rc_t rc = fx_done(f, &d);
     if (row)
         *row = d.row;
@@ -425,14 +433,14 @@ static inline rc_t fx_alias(fx_t *f, const char *alias, const char *target, stor
 static inline rc_t fx_alias_del(fx_t *f, const char *alias)
 {
     done_t d = {0};
-    store_alias_delete(f->s, alias, on_done, &d);
+    store_alias_delete(f->s, f->tenant, alias, on_done, &d);
     return fx_done(f, &d);
 }
 
 static inline rc_t fx_pin(fx_t *f, const char *spec, bool pin, store_adapter_t *row)
 {
     done_t d = {0};
-    store_pin(f->s, spec, pin, on_done, &d);
+    store_pin(f->s, f->tenant, spec, pin, on_done, &d);
     rc_t rc = fx_done(f, &d);
     if (row)
         *row = d.row;
@@ -461,7 +469,7 @@ static inline rc_t fx_acq(fx_t *f, const char *spec, core_lora_t **l, store_adap
     ready_t r = {0};
     memset(&w, 0, sizeof w);
     snprintf(w.spec, sizeof w.spec, "%s", spec);
-    rc_t rc = store_acquire(f->s, &w, 1, on_ready, &r, &wt, &f->err);
+    rc_t rc = store_acquire(f->s, f->tenant, &w, 1, on_ready, &r, &wt, &f->err);
     ASSERT(wt == NULL);
     ASSERT_EQ(r.n, 0);
     ASSERT_EQ(w.lora != NULL, rc == RC_OK);
@@ -477,7 +485,7 @@ static inline void fx_acq_wait(fx_t *f, store_want_t *w, const char *spec, ready
 {
     memset(w, 0, sizeof *w);
     snprintf(w->spec, sizeof w->spec, "%s", spec);
-    ASSERT_RC(store_acquire(f->s, w, 1, on_ready, r, wt, &f->err), RC_OK, &f->err);
+    ASSERT_RC(store_acquire(f->s, f->tenant, w, 1, on_ready, r, wt, &f->err), RC_OK, &f->err);
     ASSERT(*wt != NULL);
     ASSERT_EQ(r->n, 0);
 }
@@ -505,7 +513,7 @@ static inline store_runtime_t fx_rt(fx_t *f, const char *spec)
 {
     store_adapter_t row;
     store_runtime_t rt;
-    ASSERT_RC(store_resolve(f->s, spec, &row, &f->err), RC_OK, &f->err);
+    ASSERT_RC(store_resolve(f->s, f->tenant, spec, &row, &f->err), RC_OK, &f->err);
     store_runtime(f->s, row.id, &rt);
     return rt;
 }
@@ -538,7 +546,7 @@ static inline rc_t fx_upload(fx_t *f, const char *name, const char *folder, bool
     char path[600];
     store_upload_t *u = NULL;
     done_t d = {0};
-    ASSERT_RC(store_upload_new(f->s, name, &u, &f->err), RC_OK, &f->err);
+    ASSERT_RC(store_upload_new(f->s, f->tenant, name, &u, &f->err), RC_OK, &f->err);
     for (int part = 0; part < 2; part++) {
         if (!(part == STORE_PART_CONFIG ? cfg : wts))
             continue;
@@ -566,6 +574,51 @@ static inline void fx_tmp_empty(fx_t *f)
     char path[600];
     fx_path(f, path, sizeof path, "tmp", "");
     ASSERT_EQ(count_dir(path), 0);
+}
+
+/* ---- tenants ---- */
+
+typedef struct {
+    int n;
+    rc_t rc;
+    store_tenant_t t;
+    core_err_t err;
+} tdone_t;
+
+static inline void on_tenant(void *user, rc_t rc, const store_tenant_t *t, const core_err_t *err)
+{
+    tdone_t *d = user;
+    d->n++;
+    d->rc = rc;
+    if (t)
+        d->t = *t;
+    if (err)
+        d->err = *err;
+}
+
+/* A new tenant (quotas inherited); returns its id. */
+static inline int64_t fx_tenant_new(fx_t *f, const char *name)
+{
+    tdone_t d = {0};
+    store_tenant_t t = {.max_concurrent = STORE_QUOTA_INHERIT,
+                        .tokens_per_min = STORE_QUOTA_INHERIT,
+                        .max_stored_bytes = STORE_QUOTA_INHERIT,
+                        .share = 1.0};
+    snprintf(t.name, sizeof t.name, "%s", name);
+    store_tenant_put(f->s, &t, true, on_tenant, &d);
+    while (f->x && d.n == 0)
+        aex_pump_one(f->x);
+    ASSERT_EQ(d.n, 1);
+    ASSERT_RC(d.rc, RC_OK, &d.err);
+    ASSERT(d.t.id > STORE_TENANT_DEFAULT);
+    return d.t.id;
+}
+
+static inline rc_t fx_publish(fx_t *f, const char *name, bool publish)
+{
+    done_t d = {0};
+    store_publish(f->s, f->tenant, name, publish, on_done, &d);
+    return fx_done(f, &d);
 }
 
 /* ---- budget tests: a, b, c with room for exactly two ---- */

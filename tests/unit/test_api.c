@@ -481,7 +481,7 @@ TEST(adapter_changed_on_disk_503)
     /* Restart the store so the adapter is no longer resident, then flip a byte of its blob. */
     core_err_t err = {{0}};
     store_adapter_t row;
-    ASSERT_RC(store_resolve(f.store, "alpha", &row, &err), RC_OK, &err);
+    ASSERT_RC(store_resolve(f.store, STORE_TENANT_DEFAULT, "alpha", &row, &err), RC_OK, &err);
     store_close(f.store);
     char path[600];
     snprintf(path, sizeof path, "%s/blobs/%s", f.root, row.sha256);

@@ -16,7 +16,7 @@ static core_lora_t *fx_lora(fx_t *f, const char *spec)
     core_err_t err = {{0}};
     snprintf(w.spec, sizeof w.spec, "%s", spec);
     /* The fixture's store runs tasks synchronously: the load finishes inside the call. */
-    ASSERT_RC(store_acquire(f->store, &w, 1, NULL, NULL, &wait, &err), RC_OK, &err);
+    ASSERT_RC(store_acquire(f->store, STORE_TENANT_DEFAULT, &w, 1, NULL, NULL, &wait, &err), RC_OK, &err);
     ASSERT(wait == NULL);
     core_lora_release(w.lora); /* the store keeps it resident: the pointer stays valid */
     return w.lora;
@@ -31,7 +31,7 @@ static void select_ok(fx_t *f, const char *body, api_sel_t *sel)
     if (!root)
         HARNESS_FAIL("bad test body %s: %s", body, jerr.text);
     const char *model = json_string_value(json_object_get(root, "model"));
-    if (!api__select(f->api, root, model, sel, &fail))
+    if (!api__select(f->api, STORE_TENANT_DEFAULT, root, model, sel, &fail))
         HARNESS_FAIL("%s: %d %s %s", body, fail.status, fail.code, fail.message);
     json_decref(root);
 }

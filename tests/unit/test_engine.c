@@ -780,6 +780,267 @@ TEST(fair_share_short_request_not_starved)
     teardown();
 }
 
+/* ---- weighted fair share: weights, fair preemption, fifo, per-group queue limits ------ */
+
+/* A sink that also knows its group (0 = "a", 1 = "b") and tallies TOKEN events per step.
+ * Stats are published just before each step, so inside a step's events n_steps is the
+ * number of steps before it: that is the step's index in the tallies. */
+enum { TALLY_STEPS = 512 };
+static int tally[TALLY_STEPS][2]; /* written by the engine thread only */
+
+typedef struct {
+    sink_t sink; /* first: on_event gets it */
+    int group;
+    uint64_t done_step; /* the index of the step whose events ended it */
+} gsink_t;
+
+static uint64_t steps_before_this_step(void)
+{
+    return stats().n_steps;
+}
+
+static void on_event_tally(void *user, const core_event_t *ev)
+{
+    gsink_t *g = user;
+    uint64_t k = steps_before_this_step();
+    if (ev->kind == CORE_EV_TOKEN && k < TALLY_STEPS)
+        tally[k][g->group]++;
+    if (ev->kind != CORE_EV_TOKEN)
+        g->done_step = k; /* before on_event signals the waiting test thread */
+    on_event(&g->sink, ev);
+}
+
+static core_request_t grequest(const char *prompt, int max_tokens, gsink_t *g, int group,
+                               double weight)
+{
+    sink_init(&g->sink);
+    g->group = group;
+    core_request_t r = request(prompt, max_tokens, &g->sink);
+    r.on_event = on_event_tally;
+    r.user = g;
+    r.group = group ? "b" : "a";
+    r.group_weight = weight;
+    return r;
+}
+
+/* Weights 3 and 1, max_seqs 4, both groups flooding with equal requests: while both have
+ * requests waiting, every step runs three sequences of "a" and one of "b" (equal weights
+ * would give 2:2). b's weight is 0, which means 1. */
+TEST(weights_split_running_slots)
+{
+    setup();
+    core_engine_params_t p = core_engine_default_params();
+    p.max_seqs = 4;
+    engine_replace(p);
+    memset(tally, 0, sizeof tally);
+    enum { N = 12, LEN = 8 };
+    static gsink_t a[N], b[N];
+    /* hold the engine in its first step so every request is queued before admission */
+    core_request_t r = grequest("Hello there", LEN, &a[0], 0, 3.0);
+    a[0].sink.block_at = 1;
+    submit(&r);
+    sink_wait_blocked(&a[0].sink);
+    for (int i = 0; i < N; i++) {
+        if (i) {
+            r = grequest(six_prompts[i % 6], LEN, &a[i], 0, 3.0);
+            submit(&r);
+        }
+        r = grequest(six_prompts[(i + 3) % 6], LEN, &b[i], 1, 0.0);
+        submit(&r);
+    }
+    sink_open(&a[0].sink);
+    for (int i = 0; i < N; i++) {
+        sink_wait(&a[i].sink);
+        sink_wait(&b[i].sink);
+        ASSERT_EQ(a[i].sink.n_gen, LEN);
+        ASSERT_EQ(b[i].sink.n_gen, LEN);
+    }
+    /* a's 12 requests take ~4 rounds of 8 steps at 3 slots: steps 1..20 are steady */
+    for (int k = 1; k <= 20; k++) {
+        if (tally[k][0] != 3 || tally[k][1] != 1)
+            HARNESS_FAIL("step %d ran %d of a and %d of b, want 3 and 1", k, tally[k][0],
+                         tally[k][1]);
+    }
+    ASSERT_EQ(stats_when_idle().n_fair_preempted, 0); /* admission alone kept the split */
+    teardown();
+}
+
+enum { FLOOD_N = 4, FLOOD_LEN = 120 };
+
+/* Group "a" fills all 4 slots with long requests; once they all run (the engine is held in
+ * a[1]'s second token), group "b" submits one 4-token request. *t0: the held step. */
+static void flood_then_short(bool fifo, gsink_t *a, gsink_t *b, uint64_t *t0)
+{
+    core_engine_params_t p = core_engine_default_params();
+    p.max_seqs = FLOOD_N;
+    p.fifo = fifo;
+    engine_replace(p);
+    order_next = 0;
+    core_request_t r = grequest(six_prompts[0], FLOOD_LEN, &a[0], 0, 1.0);
+    a[0].sink.block_at = 1;
+    submit(&r);
+    sink_wait_blocked(&a[0].sink);
+    for (int i = 1; i < FLOOD_N; i++) {
+        r = grequest(six_prompts[i], FLOOD_LEN, &a[i], 0, 1.0);
+        a[i].sink.block_at = i == 1 ? 2 : 0;
+        submit(&r);
+    }
+    sink_open(&a[0].sink);
+    sink_wait_blocked(&a[1].sink);
+    ASSERT_EQ(stats().n_running, FLOOD_N);
+    *t0 = steps_before_this_step();
+    r = grequest("Short", 4, b, 1, 1.0);
+    submit(&r);
+    sink_open(&a[1].sink);
+    sink_wait(&b->sink);
+    for (int i = 0; i < FLOOD_N; i++)
+        sink_wait(&a[i].sink);
+    ASSERT_EQ(b->sink.n_gen, 4);
+}
+
+/* Fair preemption: b takes a slot from a at once and finishes within a few steps, before
+ * any of a's; the preempted a sequence is recomputed and every a output (token ids and
+ * text) equals the same request run alone. */
+TEST(fair_preemption_takes_a_slot)
+{
+    setup();
+    sink_t solo[FLOOD_N];
+    for (int i = 0; i < FLOOD_N; i++) {
+        sink_init(&solo[i]);
+        core_request_t r = request(six_prompts[i], FLOOD_LEN, &solo[i]);
+        generate(&r, &solo[i]);
+    }
+    static gsink_t a[FLOOD_N], b;
+    uint64_t t0 = 0;
+    flood_then_short(false, a, &b, &t0);
+    ASSERT(b.done_step - t0 <= 6); /* admitted next step: prompt + 4 tokens */
+    for (int i = 0; i < FLOOD_N; i++) {
+        ASSERT(b.sink.done_order < a[i].sink.done_order);
+        ASSERT_EQ(a[i].sink.n_gen, FLOOD_LEN);
+        ASSERT_EQ(memcmp(a[i].sink.ids, solo[i].ids, FLOOD_LEN * sizeof(int32_t)), 0);
+        ASSERT_STREQ(a[i].sink.text, solo[i].text);
+    }
+    core_engine_stats_t st = stats_when_idle();
+    ASSERT_EQ(st.n_fair_preempted, 1);
+    ASSERT(st.n_preempted >= st.n_fair_preempted);
+    teardown();
+}
+
+/* No thrash: max_seqs 2 and three groups of equal weight (a fair share of 2/3 slot each).
+ * b or c takes one of a's two slots, but the other waits for a free slot: taking one from
+ * a group running one sequence would only put that group below its share in turn. */
+TEST(fair_preemption_does_not_thrash)
+{
+    setup();
+    core_engine_params_t p = core_engine_default_params();
+    p.max_seqs = 2;
+    engine_replace(p);
+    enum { LEN = 30 };
+    static gsink_t a[2], bc[2];
+    core_request_t r = grequest(six_prompts[0], LEN, &a[0], 0, 1.0);
+    a[0].sink.block_at = 1;
+    submit(&r);
+    sink_wait_blocked(&a[0].sink);
+    r = grequest(six_prompts[1], LEN, &a[1], 0, 1.0);
+    a[1].sink.block_at = 2;
+    submit(&r);
+    sink_open(&a[0].sink);
+    sink_wait_blocked(&a[1].sink);
+    ASSERT_EQ(stats().n_running, 2);
+    for (int i = 0; i < 2; i++) {
+        r = grequest(six_prompts[2 + i], LEN, &bc[i], 1, 1.0);
+        r.group = i ? "c" : "b";
+        submit(&r);
+    }
+    sink_open(&a[1].sink);
+    for (int i = 0; i < 2; i++) {
+        sink_wait(&a[i].sink);
+        sink_wait(&bc[i].sink);
+        ASSERT_EQ(a[i].sink.n_gen, LEN);
+        ASSERT_EQ(bc[i].sink.n_gen, LEN);
+    }
+    ASSERT_EQ(stats_when_idle().n_fair_preempted, 1);
+    teardown();
+}
+
+/* The contrast: in fifo mode b waits for a free slot, i.e. until an a request ends. */
+TEST(fifo_short_request_waits_for_a_slot)
+{
+    setup();
+    static gsink_t a[FLOOD_N], b;
+    uint64_t t0 = 0;
+    flood_then_short(true, a, &b, &t0);
+    int a_before_b = 0;
+    for (int i = 0; i < FLOOD_N; i++)
+        a_before_b += a[i].sink.done_order < b.sink.done_order;
+    ASSERT(a_before_b >= 1);
+    ASSERT(b.done_step - t0 > FLOOD_LEN / 2);
+    ASSERT_EQ(stats_when_idle().n_fair_preempted, 0);
+    teardown();
+}
+
+/* Queue limits: max_queue 2 per group, 8 in all. While the engine is held, group a's third
+ * waiting request is refused and b's are still accepted; once four groups hold 8, any
+ * group is refused with the total limit. Counts end when requests start: after the run a
+ * can queue again. */
+TEST(queue_limits_are_per_group)
+{
+    setup();
+    core_engine_params_t p = core_engine_default_params();
+    p.max_queue = 2;
+    p.max_seqs = 1;
+    engine_replace(p);
+    enum { N = 9 };
+    sink_t held, s[N];
+    sink_init(&held);
+    held.block_at = 2;
+    core_request_t r = request("Tell me a story", 20, &held);
+    r.group = "a";
+    submit(&r);
+    sink_wait_blocked(&held);
+    static const char *const groups[N] = {"a", "a", "b", "b", "c", "c", "d", "d", "e"};
+    core_err_t err = {{0}};
+    uint64_t id;
+    for (int i = 0; i < N; i++) {
+        sink_init(&s[i]);
+        r = request(six_prompts[i % 6], 3, &s[i]);
+        r.group = groups[i];
+        if (i == 2) { /* a has 2 waiting: its third is refused, naming the group */
+            core_request_t ra = r;
+            ra.group = "a";
+            ASSERT_RC(core_engine_submit(engine, &ra, &id, &err), RC_BUSY, &err);
+            ASSERT(strstr(err.msg, "group 'a'"));
+            ASSERT(strstr(err.msg, "--max-queue"));
+        }
+        if (i < 8) {
+            submit(&r);
+            continue;
+        }
+        ASSERT_EQ(stats().n_waiting, 8);
+        ASSERT_RC(core_engine_submit(engine, &r, &id, &err), RC_BUSY, &err);
+        ASSERT(strstr(err.msg, "all groups"));
+        ASSERT(strstr(err.msg, "4 x --max-queue"));
+    }
+    sink_open(&held);
+    sink_wait(&held);
+    for (int i = 0; i < 8; i++) {
+        sink_wait(&s[i]);
+        ASSERT_EQ(s[i].rc, RC_OK);
+        ASSERT_EQ(s[i].n_gen, 3);
+    }
+    ASSERT(!s[8].done);
+    ASSERT_EQ(stats_when_idle().n_waiting, 0);
+    for (int i = 0; i < 2; i++) { /* a's counts were released when its requests started */
+        sink_t again;
+        sink_init(&again);
+        r = request("Hi", 2, &again);
+        r.group = "a";
+        generate(&r, &again);
+        ASSERT_EQ(again.rc, RC_OK);
+    }
+    teardown();
+}
+
 /* ---- adapters: two tiny PEFT folders in tests/tmp/engine ---------------------------- */
 
 static const char *const lmod_path[7] = {"self_attn.q_proj", "self_attn.k_proj",

@@ -1,8 +1,10 @@
 /* test_store.c - the adapter store (store/store.h), part 1: open, the data-dir lock,
  * imports and uploads into content-addressed blobs, acquire with a synchronous and an
  * asynchronous executor (single-flight loads, cancel, failed loads), broken blobs,
- * migrations from schema 1, crash leftovers and usage counters. Part 2 (the cache budget,
- * pins, deletes, GC, aliases) is test_store_cache.c; fixtures are in store_fixture.h. */
+ * migrations from schema 1, crash leftovers, usage counters, import progress and a store
+ * opened without a base model. Part 2 (the cache budget, pins, deletes, GC, aliases,
+ * tenants' namespaces and storage quota) is test_store_cache.c; fixtures are in
+ * store_fixture.h. Tenants and keys themselves are test_store_tenant.c. */
 #include <sqlite3.h>
 #include <sys/wait.h>
 
@@ -27,7 +29,7 @@ TEST(open_creates_layout_and_reopens)
     fx_reopen(&f);
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    ASSERT_RC(store_list(f.s, &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_list(f.s, f.tenant, &rows, &n, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n, 1);
     ASSERT_STREQ(rows[0].name, "alpha");
     ASSERT_STREQ(rows[0].sha256, row.sha256);
@@ -115,7 +117,7 @@ TEST(import_rows_and_blobs)
     ASSERT_EQ(r.version, 1);
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    ASSERT_RC(store_versions(f.s, "alpha", &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_versions(f.s, f.tenant, "alpha", &rows, &n, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n, 1);
     free(rows);
 
@@ -127,16 +129,16 @@ TEST(import_rows_and_blobs)
     ASSERT_STREQ(r2.config_sha256, r1.config_sha256);
     fx_path(&f, blob, sizeof blob, "blobs", "");
     ASSERT_EQ(count_dir(blob), 3);
-    ASSERT_RC(store_resolve(f.s, "alpha", &r, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "alpha", &r, &f.err), RC_OK, &f.err);
     ASSERT_EQ(r.version, 2);
-    ASSERT_RC(store_resolve(f.s, "alpha@1", &r, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "alpha@1", &r, &f.err), RC_OK, &f.err);
     ASSERT_EQ(r.id, r1.id);
-    ASSERT_RC(store_versions(f.s, "alpha", &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_versions(f.s, f.tenant, "alpha", &rows, &n, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n, 2);
     ASSERT_EQ(rows[0].version, 1);
     ASSERT_EQ(rows[1].version, 2);
     free(rows);
-    ASSERT_RC(store_list(f.s, &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_list(f.s, f.tenant, &rows, &n, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n, 1);
     ASSERT_EQ(rows[0].version, 2);
     free(rows);
@@ -145,7 +147,7 @@ TEST(import_rows_and_blobs)
     done_t d = {0};
     char dir[400];
     snprintf(dir, sizeof dir, "%s/alpha", f.ads);
-    store_import_async(f.s, dir, "alpha", &(store_import_opts_t){.fail_if_exists = true},
+    store_import_async(f.s, f.tenant, dir, "alpha", &(store_import_opts_t){.fail_if_exists = true},
                        on_done, &d);
     ASSERT_RC(fx_done(&f, &d), RC_EXISTS, &f.err);
     fx_end(&f);
@@ -165,9 +167,11 @@ TEST(import_refusals_leave_nothing)
     for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
         if (store_name_valid(bad_names[i]))
             HARNESS_FAIL("name '%s' accepted", bad_names[i]);
-        ASSERT_RC(store_import(f.s, dir, bad_names[i], NULL, &f.err), RC_INVALID, &f.err);
+        ASSERT_RC(store_import(f.s, f.tenant, dir, bad_names[i], NULL, NULL, NULL, &f.err),
+                  RC_INVALID, &f.err);
         ASSERT(strstr(f.err.msg, "invalid adapter name") != NULL);
-        ASSERT_RC(store_import(f.s, dir, bad_names[i], NULL, NULL), RC_INVALID, NULL);
+        ASSERT_RC(store_import(f.s, f.tenant, dir, bad_names[i], NULL, NULL, NULL, NULL),
+                  RC_INVALID, NULL);
     }
     max[STORE_NAME_MAX] = '\0';
     ASSERT(store_name_valid(max));
@@ -178,25 +182,27 @@ TEST(import_refusals_leave_nothing)
     /* Shapes that do not fit the base: refused, nothing indexed or left on disk. */
     snprintf(dir, sizeof dir, "%s/bad", f.ads);
     write_adapter_shape(dir, 0.5f, DIM + 1);
-    rc_t rc = store_import(f.s, dir, "bad", NULL, &f.err);
+    rc_t rc = store_import(f.s, f.tenant, dir, "bad", NULL, NULL, NULL, &f.err);
     if (rc != RC_MISMATCH && rc != RC_FORMAT)
         HARNESS_FAIL("bad shapes: rc %d (%s)", rc, f.err.msg);
     ASSERT(strstr(f.err.msg, "lora_A") != NULL);
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    ASSERT_RC(store_versions(f.s, "bad", &rows, &n, &f.err), RC_NOT_FOUND, &f.err);
+    ASSERT_RC(store_versions(f.s, f.tenant, "bad", &rows, &n, &f.err), RC_NOT_FOUND, &f.err);
     ASSERT(rows == NULL);
     /* A missing folder, and a pickle-only folder. */
-    ASSERT_RC(store_import(f.s, "tests/tmp/does-not-exist", "x", NULL, &f.err), RC_NOT_FOUND,
-              &f.err);
+    ASSERT_RC(store_import(f.s, f.tenant, "tests/tmp/does-not-exist", "x", NULL, NULL, NULL,
+                           &f.err),
+              RC_NOT_FOUND, &f.err);
     snprintf(dir, sizeof dir, "%s/pickle", f.ads);
     write_adapter(dir, 0.5f);
     fx_adfile(&f, path, sizeof path, "pickle", "adapter_model.safetensors");
     char bin[600];
     fx_adfile(&f, bin, sizeof bin, "pickle", "adapter_model.bin");
     ASSERT_EQ(rename(path, bin), 0);
-    ASSERT_RC(store_import(f.s, dir, "pickle", NULL, &f.err), RC_UNSUPPORTED, &f.err);
-    ASSERT_RC(store_list(f.s, &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_import(f.s, f.tenant, dir, "pickle", NULL, NULL, NULL, &f.err),
+              RC_UNSUPPORTED, &f.err);
+    ASSERT_RC(store_list(f.s, f.tenant, &rows, &n, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n, 0);
     free(rows);
     fx_path(&f, path, sizeof path, "blobs", "");
@@ -223,16 +229,16 @@ TEST(import_dir_skips_bad_folders)
     snprintf(sub, sizeof sub, "%s/no-config", f.ads);
     ASSERT_EQ(stw_mkdirs(sub), 0);
     int n_imported = -1;
-    ASSERT_RC(store_import_dir(f.s, f.ads, &n_imported, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_import_dir(f.s, f.tenant, f.ads, &n_imported, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n_imported, 2);
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    ASSERT_RC(store_list(f.s, &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_list(f.s, f.tenant, &rows, &n, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n, 2);
     ASSERT_STREQ(rows[0].name, "alpha");
     ASSERT_STREQ(rows[1].name, "beta");
     free(rows);
-    ASSERT_RC(store_import_dir(f.s, "tests/tmp/missing-dir", &n_imported, &f.err), RC_IO,
+    ASSERT_RC(store_import_dir(f.s, f.tenant, "tests/tmp/missing-dir", &n_imported, &f.err), RC_IO,
               &f.err);
     fx_end(&f);
 }
@@ -256,7 +262,7 @@ TEST(upload_pieces_and_refusals)
     ASSERT_STREQ(row.sha256, hex);
     fx_path(&f, path, sizeof path, "blobs", hex);
     ASSERT(path_exists(path));
-    ASSERT_RC(store_resolve(f.s, "up", &r, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "up", &r, &f.err), RC_OK, &f.err);
     ASSERT_EQ(r.id, row.id);
     core_lora_t *l = NULL;
     ASSERT_RC(fx_acq(&f, "up", &l, NULL), RC_OK, &f.err);
@@ -270,11 +276,11 @@ TEST(upload_pieces_and_refusals)
     ASSERT_RC(fx_upload(&f, "up", "up", false, true, NULL), RC_INVALID, &f.err);
     fx_tmp_empty(&f);
     /* Invalid name. */
-    ASSERT_RC(store_upload_new(f.s, "../up", &u, &f.err), RC_INVALID, &f.err);
+    ASSERT_RC(store_upload_new(f.s, f.tenant, "../up", &u, &f.err), RC_INVALID, &f.err);
     ASSERT(u == NULL);
     /* The config cap (64 KiB). */
     char *big = calloc(1, 64 * 1024 + 1);
-    ASSERT_RC(store_upload_new(f.s, "big", &u, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_upload_new(f.s, f.tenant, "big", &u, &f.err), RC_OK, &f.err);
     ASSERT_RC(store_upload_write(u, STORE_PART_CONFIG, big, 64 * 1024, &f.err), RC_OK, &f.err);
     ASSERT_RC(store_upload_write(u, STORE_PART_CONFIG, big, 1, &f.err), RC_LIMIT, &f.err);
     store_upload_free(u);
@@ -284,7 +290,7 @@ TEST(upload_pieces_and_refusals)
     /* The weights cap (max_adapter_bytes), at write time. */
     f.p.max_adapter_bytes = (uint64_t)row.size - 1;
     fx_reopen(&f);
-    ASSERT_RC(store_upload_new(f.s, "up", &u, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_upload_new(f.s, f.tenant, "up", &u, &f.err), RC_OK, &f.err);
     fx_adfile(&f, path, sizeof path, "up", "adapter_model.safetensors");
     size_t len;
     char *w = read_all(path, &len);
@@ -299,7 +305,7 @@ TEST(upload_pieces_and_refusals)
     fx_reopen(&f);
     ASSERT_RC(fx_upload(&f, "up", "up", true, true, NULL), RC_LIMIT, &f.err);
     ASSERT(strstr(f.err.msg, "cache") != NULL);
-    ASSERT_RC(store_import(f.s, dir, "up2", NULL, &f.err), RC_LIMIT, &f.err);
+    ASSERT_RC(store_import(f.s, f.tenant, dir, "up2", NULL, NULL, NULL, &f.err), RC_LIMIT, &f.err);
     ASSERT_RC(fx_acq(&f, "up", &l, NULL), RC_LIMIT, &f.err);
     fx_tmp_empty(&f);
 
@@ -308,9 +314,10 @@ TEST(upload_pieces_and_refusals)
     fx_reopen(&f);
     ASSERT_RC(fx_alias(&f, "prod", "up@1", NULL), RC_OK, &f.err);
     ASSERT_RC(fx_upload(&f, "prod", "up", true, true, NULL), RC_EXISTS, &f.err);
-    ASSERT_RC(store_import(f.s, dir, "prod", NULL, &f.err), RC_EXISTS, &f.err);
+    ASSERT_RC(store_import(f.s, f.tenant, dir, "prod", NULL, NULL, NULL, &f.err), RC_EXISTS,
+              &f.err);
     store_adapter_t *rows = NULL;
-    ASSERT_RC(store_versions(f.s, "up", &rows, &len, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_versions(f.s, f.tenant, "up", &rows, &len, &f.err), RC_OK, &f.err);
     ASSERT_EQ(len, 1);
     free(rows);
     fx_tmp_empty(&f);
@@ -369,7 +376,7 @@ TEST(acquire_sync_hits_and_specs)
     memset(w, 0, sizeof w);
     snprintf(w[0].spec, sizeof w[0].spec, "a");
     snprintf(w[1].spec, sizeof w[1].spec, "b@1");
-    ASSERT_RC(store_acquire(f.s, w, 2, on_ready, NULL, &wt, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_acquire(f.s, f.tenant, w, 2, on_ready, NULL, &wt, &f.err), RC_OK, &f.err);
     ASSERT(wt == NULL);
     ASSERT_NEAR(lora_seed(w[0].lora), 0.5, 1e-6);
     ASSERT_NEAR(lora_seed(w[1].lora), 1.0, 1e-6);
@@ -378,7 +385,8 @@ TEST(acquire_sync_hits_and_specs)
     core_lora_release(w[1].lora);
     /* One unknown want fails the request and keeps nothing. */
     snprintf(w[1].spec, sizeof w[1].spec, "nope");
-    ASSERT_RC(store_acquire(f.s, w, 2, on_ready, NULL, &wt, &f.err), RC_NOT_FOUND, &f.err);
+    ASSERT_RC(store_acquire(f.s, f.tenant, w, 2, on_ready, NULL, &wt, &f.err), RC_NOT_FOUND,
+              &f.err);
     ASSERT(wt == NULL && w[0].lora == NULL && w[1].lora == NULL);
     ASSERT_EQ(fx_rt(&f, "a").n_users, 0);
 
@@ -440,7 +448,7 @@ TEST(acquire_async_single_flight)
     fx_import(&f, "b", 1.0f);
     snprintf(w[0].spec, sizeof w[0].spec, "b");
     snprintf(w[1].spec, sizeof w[1].spec, "b@1");
-    ASSERT_RC(store_acquire(f.s, w, 2, on_ready, &r1, &t1, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_acquire(f.s, f.tenant, w, 2, on_ready, &r1, &t1, &f.err), RC_OK, &f.err);
     ASSERT(t1 != NULL);
     aex_pump_all(f.x);
     ASSERT_EQ(f.x->n_work, 2);
@@ -481,7 +489,7 @@ TEST(acquire_async_cancel_releases)
     memset(wb, 0, sizeof wb);
     snprintf(wb[0].spec, sizeof wb[0].spec, "a");
     snprintf(wb[1].spec, sizeof wb[1].spec, "b");
-    ASSERT_RC(store_acquire(f.s, wb, 2, on_ready, &r3, &t3, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_acquire(f.s, f.tenant, wb, 2, on_ready, &r3, &t3, &f.err), RC_OK, &f.err);
     ASSERT(t3 != NULL);
     ASSERT_EQ(refcount(la), 2); /* taken for the wait, so it cannot be evicted under it */
     store_wait_cancel(f.s, t3);
@@ -540,12 +548,13 @@ TEST(broken_flipped_byte)
     flip_byte(blob, row.size / 2);
     ASSERT_RC(fx_acq(&f, "a", &l, NULL), RC_UNAVAILABLE, &f.err);
     ASSERT(strstr(f.err.msg, "broken") != NULL);
-    ASSERT_RC(store_resolve(f.s, "a", &r, &f.err), RC_OK, &f.err); /* the mark ran (sync) */
+    /* The mark ran (sync). */
+    ASSERT_RC(store_resolve(f.s, f.tenant, "a", &r, &f.err), RC_OK, &f.err);
     ASSERT_EQ(r.state, STORE_STATE_BROKEN);
     ASSERT(r.reason[0] != '\0');
     store_adapter_t *rows = NULL;
     size_t n = 0;
-    ASSERT_RC(store_list(f.s, &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_list(f.s, f.tenant, &rows, &n, &f.err), RC_OK, &f.err);
     ASSERT_EQ(n, 2);
     ASSERT_STREQ(rows[0].name, "a");
     ASSERT_STREQ(store_state_str(rows[0].state), "broken");
@@ -593,17 +602,17 @@ TEST(broken_async_mark_and_truncated)
     ASSERT_RC(fx_acq(&f, "a", &l, NULL), RC_UNAVAILABLE, &f.err);
     ASSERT_EQ(aex_get(f.x, &f.x->n_submitted), n_sub);
     aex_pump_all(f.x);
-    ASSERT_RC(store_resolve(f.s, "a", &row2, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "a", &row2, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row2.state, STORE_STATE_BROKEN);
     /* A missing blob is broken as well. */
-    ASSERT_RC(store_resolve(f.s, "b", &row2, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "b", &row2, &f.err), RC_OK, &f.err);
     fx_path(&f, blob, sizeof blob, "blobs", row2.sha256);
     ASSERT_EQ(unlink(blob), 0);
     memset(&r, 0, sizeof r);
     fx_acq_wait(&f, &w, "b", &r, &t);
     aex_pump_all(f.x);
     ASSERT_RC(r.rc, RC_UNAVAILABLE, &r.err);
-    ASSERT_RC(store_resolve(f.s, "b", &row2, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "b", &row2, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row2.state, STORE_STATE_BROKEN);
     ASSERT_EQ(fx_stats(&f).n_load_failures, 2);
     fx_end(&f);
@@ -675,13 +684,15 @@ TEST(migrate_schema1)
     sqlite3_close(db);
 
     fx_open(&f);
-    ASSERT_EQ(user_version(db_path), 2);
+    ASSERT_EQ(user_version(db_path), 3);
     store_adapter_t row;
-    ASSERT_RC(store_resolve(f.s, "old", &row, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "old", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.state, STORE_STATE_READY);
     ASSERT_EQ(row.id, 1);
     ASSERT_EQ(row.version, 1);
     ASSERT_EQ(row.created, 1700000000);
+    ASSERT_EQ(row.tenant_id, STORE_TENANT_DEFAULT); /* schema 1 rows belong to "default" */
+    ASSERT(!row.published && !row.shared);
     ASSERT_STREQ(row.sha256, whex);
     ASSERT_STREQ(row.config_sha256, chex);
     ASSERT_EQ(row.mem_bytes, MEM_BYTES);
@@ -689,7 +700,7 @@ TEST(migrate_schema1)
     ASSERT(same_bytes(p, wts));
     fx_path(&f, p, sizeof p, "blobs", chex);
     ASSERT(same_bytes(p, cfg));
-    ASSERT_RC(store_resolve(f.s, "gone", &row, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "gone", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.state, STORE_STATE_BROKEN);
     ASSERT(row.reason[0] != '\0');
     core_lora_t *l = NULL;
@@ -702,8 +713,8 @@ TEST(migrate_schema1)
     row = fx_import(&f, "old", 0.75f);
     ASSERT_EQ(row.version, 2);
     fx_reopen(&f);
-    ASSERT_EQ(user_version(db_path), 2);
-    ASSERT_RC(store_resolve(f.s, "old@1", &row, &f.err), RC_OK, &f.err);
+    ASSERT_EQ(user_version(db_path), 3);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "old@1", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.state, STORE_STATE_READY);
     fx_end(&f);
 }
@@ -786,14 +797,84 @@ TEST(usage_counts_persist)
     acq_release(&f, "b@1");
     ASSERT_RC(fx_acq(&f, "nope", &l, NULL), RC_NOT_FOUND, &f.err);
     fx_reopen(&f);
-    ASSERT_RC(store_resolve(f.s, "a", &row, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "a", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.n_requests, 3);
     ASSERT(row.last_used >= row.created);
-    ASSERT_RC(store_resolve(f.s, "b", &row, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "b", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.n_requests, 1);
     acq_release(&f, "a");
     fx_reopen(&f);
-    ASSERT_RC(store_resolve(f.s, "a", &row, &f.err), RC_OK, &f.err);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "a", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.n_requests, 4);
+    fx_end(&f);
+}
+
+/* ---- import progress, and a store without a base model ---- */
+
+static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
+{
+    char *log = user;
+    size_t len = strlen(log);
+    snprintf(log + len, 1024 - len, "%s %llu/%llu;", phase, (unsigned long long)done,
+             (unsigned long long)total);
+}
+
+TEST(import_progress)
+{
+    fx_t f;
+    char dir[400], path[600], log[1024] = "", want[256];
+    struct stat c, w;
+    fx_init(&f, "progress");
+    fx_open(&f);
+    snprintf(dir, sizeof dir, "%s/p", f.ads);
+    write_adapter(dir, 0.5f);
+    fx_adfile(&f, path, sizeof path, "p", "adapter_config.json");
+    ASSERT_EQ(stat(path, &c), 0);
+    fx_adfile(&f, path, sizeof path, "p", "adapter_model.safetensors");
+    ASSERT_EQ(stat(path, &w), 0);
+    store_adapter_t row;
+    ASSERT_RC(store_import(f.s, f.tenant, dir, "p", on_progress, log, &row, &f.err), RC_OK,
+              &f.err);
+    unsigned long long t = (unsigned long long)(c.st_size + w.st_size);
+    snprintf(want, sizeof want, "copy 0/%llu;copy %llu/%llu;verify 0/%llu;verify %llu/%llu;", t,
+             t, t, t, t, t);
+    ASSERT_STREQ(log, want);
+    ASSERT_EQ(row.version, 1);
+    fx_end(&f);
+}
+
+TEST(open_without_base)
+{
+    fx_t f;
+    char dir[400];
+    store_adapter_t r, *rows = NULL;
+    store_upload_t *u = NULL;
+    core_lora_t *l = NULL;
+    size_t n = 0;
+    int n_imp = -1;
+    fx_init(&f, "nobase");
+    fx_open(&f);
+    store_adapter_t a = fx_import(&f, "a", 0.5f);
+    ASSERT_RC(fx_pin(&f, "a", true, NULL), RC_OK, &f.err);
+    f.p.base = NULL;
+    fx_reopen(&f);
+    ASSERT_EQ(fx_stats(&f).n_resident + fx_stats(&f).n_loading, 0); /* pins not loaded */
+    ASSERT_RC(store_list(f.s, f.tenant, &rows, &n, &f.err), RC_OK, &f.err);
+    ASSERT_EQ(n, 1);
+    free(rows);
+    ASSERT_RC(store_resolve(f.s, f.tenant, "a", &r, &f.err), RC_OK, &f.err);
+    ASSERT_EQ(r.id, a.id);
+    snprintf(dir, sizeof dir, "%s/a", f.ads);
+    ASSERT_RC(store_import(f.s, f.tenant, dir, "b", NULL, NULL, NULL, &f.err), RC_INVALID, &f.err);
+    ASSERT(strstr(f.err.msg, "no base model loaded") != NULL);
+    ASSERT_RC(store_upload_new(f.s, f.tenant, "b", &u, &f.err), RC_INVALID, &f.err);
+    ASSERT(u == NULL);
+    ASSERT_RC(store_import_dir(f.s, f.tenant, f.ads, &n_imp, &f.err), RC_INVALID, &f.err);
+    ASSERT_EQ(n_imp, 0);
+    ASSERT_RC(fx_acq(&f, "a", &l, NULL), RC_INVALID, &f.err);
+    /* With the base again, the pin loads at open. */
+    f.p.base = &f.base;
+    fx_reopen(&f);
+    ASSERT(fx_rt(&f, "a").resident);
     fx_end(&f);
 }
