@@ -108,3 +108,5 @@ bench: all default-data
 	@/usr/bin/python3 tools/make_bench_model.py bench-data --store-adapters --zipf-adapters 1000
 	$(BUILD)/tests/bench_store_load bench-data 100
 	$(BUILD)/tests/bench_zipf bench-data data/model/tokenizer.json 16 400 100
+	@echo "# fair share: a victim tenant's p50 latency while another tenant floods (--max-seqs 4)"
+	@/usr/bin/python3 tests/integration/test_fairshare.py | grep -E '^(BENCH|# fairshare)' 

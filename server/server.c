@@ -153,7 +153,8 @@ static void import_progress(void *user, const char *phase, uint64_t done, uint64
         p->phase = phase;
         p->last_pct = -1;
     }
-    if (pct == p->last_pct || (!p->tty && pct / 10 == p->last_pct / 10 && pct != 100))
+    if (pct == p->last_pct ||
+        (!p->tty && p->last_pct >= 0 && pct / 10 == p->last_pct / 10 && pct != 100))
         return;
     p->last_pct = pct;
     if (p->tty) {

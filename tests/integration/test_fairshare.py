@@ -174,6 +174,15 @@ def main():
         s50 = tu.p50(lat2)
         print("# fairshare same-tenant v_loaded_p50_ms %.1f ratio %.2f (contrast, not "
               "asserted); flooder: %s" % (s50, s50 / u50, summary2))
+        # make bench reads these (the same run's figures; ratios only mean anything together)
+        for name, value, unit in (("fairshare_victim_p50_unloaded", u50, "ms"),
+                                  ("fairshare_victim_p50_other_tenant_flood", l50, "ms"),
+                                  ("fairshare_other_tenant_flood_over_unloaded", l50 / u50,
+                                   "ratio"),
+                                  ("fairshare_full_batch_over_unloaded", b50 / u50, "ratio"),
+                                  ("fairshare_same_tenant_flood_over_unloaded", s50 / u50,
+                                   "ratio")):
+            print("BENCH %s %.3f %s" % (name, value, unit))
         tap.check(d.alive(), "daemon alive after the floods", d.log()[-2000:])
     except Exception as e:  # noqa: BLE001
         tap.check(False, "fair share run", "%s: %s\n%s" % (type(e).__name__, e, d.log()[-2000:]))
