@@ -25,7 +25,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC   := $(wildcard tests/tools/*.c)
 TOOL_BIN   := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test asan bench lint clean default-data
+.PHONY: all deps run test asan tsan soak bench lint clean default-data fuzz fuzz-build fuzz-smoke
 all: $(BUILD)/adapterd $(UNIT_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c
@@ -81,11 +81,40 @@ asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
+# ThreadSanitizer (docs/OPERATIONS.md "Sanitizers"): the library, unit tests, tools and daemon
+# rebuilt with gcc -fsanitize=thread into build-tsan/, then the whole suite (tests/run.sh)
+# against them. Every process writes its reports to build-tsan/tsan-logs/tsan.PID (so a
+# daemon's reports are kept even when its test only reads the exit status; halt_on_error=0 so
+# one report does not hide the next); the target fails if the suite failed or any report was
+# written. tests/tsan.supp holds the (justified) suppressions for uninstrumented Debian
+# libraries. Slow: 5-15x the plain suite.
+TSAN_BUILD := build-tsan
+TSAN_LOGS   = $(CURDIR)/$(TSAN_BUILD)/tsan-logs
+TSAN_ENV    = TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=0 \
+              second_deadlock_stack=1 history_size=4 log_path=$(TSAN_LOGS)/tsan" \
+              BUILD=$(TSAN_BUILD)
+tsan:
+	$(MAKE) BUILD=$(TSAN_BUILD) OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" deps all
+	@rm -rf $(TSAN_LOGS) && mkdir -p $(TSAN_LOGS)
+	@$(TSAN_ENV) tests/run.sh; rc=$$?; \
+	 n=$$(cat $(TSAN_LOGS)/tsan.* 2>/dev/null | grep -c '^WARNING: ThreadSanitizer'); \
+	 echo "BENCH tsan_reports $$n reports"; \
+	 if [ "$$n" -gt 0 ]; then grep -h '^SUMMARY: ThreadSanitizer' $(TSAN_LOGS)/tsan.* | sort | uniq -c; \
+	   echo "# tsan: $$n report(s); full stacks in $(TSAN_LOGS)/"; fi; \
+	 [ $$rc -eq 0 ] && [ "$$n" -eq 0 ]
+
+# Soak (docs/OPERATIONS.md "Soak"): wrk against build/adapterd serving the default model on
+# loopback, 64 then 512 connections for SOAK_SECONDS/2 each; BENCH lines for requests, req/s,
+# p50/p99, non-2xx by status, RSS growth and fd counts. Fails on any 5xx or a dead daemon.
+SOAK_SECONDS ?= 300
+soak: deps all default-data
+	@BUILD=$(BUILD) SOAK_SECONDS=$(SOAK_SECONDS) tools/soak.sh
+
 lint:
 	@tools/lint.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz build-tsan
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
@@ -110,3 +139,54 @@ bench: all default-data
 	$(BUILD)/tests/bench_zipf bench-data data/model/tokenizer.json 16 400 100
 	@echo "# fair share: a victim tenant's p50 latency while another tenant floods (--max-seqs 4)"
 	@/usr/bin/python3 tests/integration/test_fairshare.py | grep -E '^(BENCH|# fairshare)' 
+
+# ---- fuzzing (tests/fuzz/; docs/OPERATIONS.md "Fuzzing") ----------------------------------
+# libFuzzer targets built with Debian's clang (package clang + libclang-rt-14-dev) under
+# ASan+UBSan into build-fuzz/, every library source recompiled there with coverage
+# instrumentation (the gcc objects in build/ are never reused). `make fuzz` runs each target
+# for FUZZ_SECONDS on build-fuzz/corpus/<target> (seeded from tests/fuzz/corpus/<target>, so
+# what the fuzzer finds stays out of the tree), prints "BENCH fuzz_<t>_execs N execs" and
+# "# fuzz <t>: N execs in S s, K crashes ..." per target, and fails if any target crashed
+# (reproducers in build-fuzz/crashes/<target>/). CI: FUZZ_SECONDS=60; nightly: 600 or more.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safetensors lora_config tokenizer jinja json_api http
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# Library code: coverage only (fuzzer-no-link); clang may warn where gcc does not, and other
+# people's files must not stop the fuzz build over a warning, so no -Werror there.
+FUZZ_LIBCFLAGS = -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -I. -I/usr/share/include/llhttp \
+                 -MMD -MP -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_OBJ     := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/llhttp/llhttp.o \
+                $(FUZZ_BUILD)/llhttp/api.o $(FUZZ_BUILD)/llhttp/http.o
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+$(FUZZ_BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_LIBCFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/core/kernel_avx2.o $(FUZZ_BUILD)/core/attention_avx2.o: FUZZ_LIBCFLAGS += -mavx2 -mfma
+$(FUZZ_BUILD)/core/sha256_ni.o: FUZZ_LIBCFLAGS += -msha -msse4.1 -mssse3
+
+$(FUZZ_BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -I/usr/share/include/llhttp \
+	  -w -c $< -o $@
+
+$(FUZZ_BUILD)/libadapterd.a: $(FUZZ_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_BUILD)/libadapterd.a
+	$(FUZZ_CC) $(FUZZ_LIBCFLAGS) -Werror -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libadapterd.a \
+	  $(LDLIBS)
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: deps fuzz-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=5
+
+-include $(shell find $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

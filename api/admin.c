@@ -125,18 +125,21 @@ bool api__fail_store(api_fail_t *f, rc_t rc, const core_err_t *err)
 {
     const char *msg = err && err->msg[0] ? err->msg : rc_str(rc);
     switch (rc) {
+    case RC_LIMIT:
+    case RC_MISMATCH:
+    case RC_UNSUPPORTED:
+    case RC_FORMAT:
+        /* a refused adapter file: the status and code as below, plus error.reason */
+        api__fail(f, rc == RC_LIMIT ? 413 : 422, rc == RC_LIMIT ? "adapter_too_large" : rc_name(rc),
+                  "%s", msg);
+        api__fail_reason(f, err);
+        return false;
     case RC_NOT_FOUND:
         return api__fail(f, 404, "adapter_not_found", "%s", msg);
     case RC_INVALID:
         return api__fail(f, 400, "invalid_name", "%s", msg);
     case RC_EXISTS:
         return api__fail(f, 409, "name_conflict", "%s", msg);
-    case RC_LIMIT:
-        return api__fail(f, 413, "adapter_too_large", "%s", msg);
-    case RC_MISMATCH:
-    case RC_UNSUPPORTED:
-    case RC_FORMAT:
-        return api__fail(f, 422, rc_name(rc), "%s", msg);
     case RC_UNAVAILABLE:
         return api__fail(f, 503, "store_unavailable", "%s", msg);
     case RC_NOSPACE:

@@ -16,6 +16,7 @@ bool api__fail(api_fail_t *f, int status, const char *code, const char *fmt, ...
     va_list ap;
     f->status = status;
     f->headers[0] = '\0';
+    f->reason[0] = '\0';
     snprintf(f->code, sizeof f->code, "%s", code);
     va_start(ap, fmt);
     vsnprintf(f->message, sizeof f->message, fmt, ap);
@@ -29,9 +30,37 @@ bool api__fail_rc(api_fail_t *f, rc_t rc, const core_err_t *err)
     return api__fail(f, api_status_of(rc), rc_name(rc), "%s", msg);
 }
 
+void api__fail_reason(api_fail_t *f, const core_err_t *err)
+{
+    snprintf(f->reason, sizeof f->reason, "%s", core_err_reason(err));
+}
+
+/* An error document with "reason" next to "code" (adapter validation failures). */
+static void send_fail_reason(api_sink_t *sink, const api_fail_t *f)
+{
+    json_t *doc = api__error_json(api__error_type(f->status), f->code, f->message);
+    json_t *e = json_object_get(doc, "error"); /* borrowed */
+    size_t len = 0;
+    char *body = NULL;
+    if (e && json_object_set_new(e, "reason", json_string(f->reason)) == 0)
+        body = api__dump(doc, &len);
+    json_decref(doc);
+    if (!body) {
+        api_send_error(sink, 500, NULL, "nomem", "out of memory building the response");
+        return;
+    }
+    sink->begin(sink->self, f->status, "application/json", false,
+                f->headers[0] ? f->headers : NULL);
+    sink->write(sink->self, body, len);
+    sink->end(sink->self);
+    free(body);
+}
+
 void api__send_fail(api_sink_t *sink, const api_fail_t *f)
 {
-    if (f->headers[0])
+    if (f->reason[0])
+        send_fail_reason(sink, f);
+    else if (f->headers[0])
         api__send_error_hdr(sink, f->status, NULL, f->code, f->message, f->headers);
     else
         api_send_error(sink, f->status, NULL, f->code, f->message);

@@ -43,11 +43,15 @@ typedef struct {
     char message[512];
     char headers[320]; /* extra "Name: value\r\n" lines ("" = the defaults of
                         * api_send_error); api__fail clears it */
+    char reason[40];   /* machine-readable cause of a refused adapter (core_err_reason),
+                        * sent as error.reason when set; api__fail clears it */
 } api_fail_t;
 
 /* Fill f and return false, so checks read `return api__fail(f, 400, "invalid_value", ...)`. */
 bool api__fail(api_fail_t *f, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Copy err's reason (core_err_reason: "invalid_offset", ...) into f->reason. */
+void api__fail_reason(api_fail_t *f, const core_err_t *err);
 /* The same from an rc and its detail message (status from api_status_of). */
 bool api__fail_rc(api_fail_t *f, rc_t rc, const core_err_t *err);
 void api__send_fail(api_sink_t *sink, const api_fail_t *f);

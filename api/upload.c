@@ -365,6 +365,8 @@ static void answer_upload(api_t *a, api_sink_t *sink, int64_t tenant,
         api__fail(&f, 422, "invalid", "%s", msg);
     else
         api__fail_store(&f, rc, err);
+    if (f.status == 422 || f.status == 413)
+        api__fail_reason(&f, err); /* error.reason: why the file was refused */
     api__send_fail(sink, &f);
 }
 

@@ -466,11 +466,14 @@ static rc_t fn_namespace(ev_t *ev, const node_t *at, val_t **args, size_t n, val
 static rc_t fn_raise(ev_t *ev, const node_t *at, val_t **args, size_t n)
 {
     (void)at;
+    /* The caller's error carries only this message, so an empty one (no argument, an
+     * undefined or empty string) gets a fixed text: a 400 must say why. */
+    static const char no_msg[] = "the template called raise_exception() without a message";
     if (n == 0)
-        return core_err(ev->err, RC_INVALID, "%s", "");
+        return core_err(ev->err, RC_INVALID, "%s", no_msg);
     core__jinja_sb_t b = {.max = 400};
     rc_t rc = args[0]->type == JV_UNDEF ? RC_OK : core__jinja_append(ev, NULL, &b, args[0], 0);
-    rc = core_err(ev->err, RC_INVALID, "%s", rc == RC_OK && b.p ? b.p : "");
+    rc = core_err(ev->err, RC_INVALID, "%s", rc == RC_OK && b.p && b.p[0] ? b.p : no_msg);
     free(b.p);
     return rc;
 }

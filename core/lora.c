@@ -22,12 +22,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "core/safetensors.h"
 
-#define LORA_MAX_RANK 1024
+#define LORA_MAX_RANK 512 /* the largest max_lora_rank vLLM allows */
 #define LORA_MAX_CONFIG (1u << 20) /* adapter_config.json is a few hundred bytes */
 #define LORA_MAX_PATTERNS 4096
 #define LORA_PREFIX "base_model.model."
@@ -81,7 +82,7 @@ static rc_t get_bool(const json_t *root, const char *key, bool *out, core_err_t 
     if (!json_is_set(v))
         return RC_OK;
     if (!json_is_boolean(v))
-        return core_err(err, RC_INVALID, "adapter_config.json: %s must be true or false", key);
+        return core_err_r(err, RC_INVALID, "invalid_config", "adapter_config.json: %s must be true or false", key);
     *out = json_is_true(v);
     return RC_OK;
 }
@@ -103,11 +104,75 @@ static bool re_portable(const char *pat)
     return true;
 }
 
+/* A {n}, {n,} or {n,m} bound at p (just after '{'). OUT: *max (n when no m), *end (the
+ * '}'). false when malformed. */
+static bool re_brace(const char *p, long *max, const char **end)
+{
+    char *q = NULL;
+    long lo = strtol(p, &q, 10), hi = lo;
+    if (q == p || lo < 0)
+        return false;
+    if (*q == ',') {
+        const char *r = q + 1;
+        hi = *r == '}' ? 32 : strtol(r, &q, 10); /* "{n,}": count it as the cap */
+        if (*r == '}')
+            q = (char *)r;
+    }
+    if (*q != '}' || hi < lo)
+        return false;
+    *max = hi;
+    *end = q;
+    return true;
+}
+
+/* glibc's regcomp copies a subexpression once per repeat it sits under: stacked repeats
+ * ("a++++") double the tree per operator, bounds multiply it, nesting compounds both, so a
+ * 100-byte pattern can take gigabytes (found by fuzz_lora_config). PEFT patterns need none
+ * of that, so the shape is capped: 256 bytes, no repeat right after a repeat, bounds at
+ * most 32 and their product at most 256, groups nested at most 8 deep. */
+static bool re_bounded(const char *pat)
+{
+    long product = 1;
+    int depth = 0;
+    bool prev_rep = false;
+    if (strlen(pat) > 256)
+        return false;
+    for (const char *p = pat; *p; p++) {
+        bool rep = *p == '*' || *p == '+' || *p == '?' || *p == '{';
+        if (rep && prev_rep)
+            return false;
+        prev_rep = rep;
+        if (*p == '\\' && p[1]) {
+            p++;
+        } else if (*p == '[') { /* a bracket expression: its ']' may come first */
+            const char *q = strchr(p + (p[1] == ']' ? 2 : 1), ']');
+            if (!q)
+                return false;
+            p = q;
+        } else if (*p == '(' && ++depth > 8) {
+            return false;
+        } else if (*p == ')') {
+            depth--;
+        } else if (*p == '{') {
+            long max = 0;
+            if (!re_brace(p + 1, &max, &p) || max > 32 || (product *= max ? max : 1) > 256)
+                return false;
+        }
+    }
+    return true;
+}
+
 static rc_t re_compile(regex_t *re, const char *fmt, const char *pat, const char *field,
                        core_err_t *err)
 {
+    if (!re_bounded(pat))
+        return core_err_r(err, RC_INVALID, "invalid_config",
+                          "adapter_config.json: %s pattern '%.200s' is too complex (at most "
+                          "256 bytes, no repeat after a repeat, {n,m} bounds up to 32, groups "
+                          "nested 8 deep)",
+                          field, pat);
     if (!re_portable(pat))
-        return core_err(err, RC_INVALID,
+        return core_err_r(err, RC_INVALID, "invalid_config",
                         "adapter_config.json: %s pattern '%.200s' uses Python-only regex syntax "
                         "(escapes like \\d, or (?...) groups); write [0-9] or plain groups",
                         field, pat);
@@ -119,7 +184,7 @@ static rc_t re_compile(regex_t *re, const char *fmt, const char *pat, const char
     int bad = regcomp(re, src, REG_EXTENDED | REG_NOSUB);
     free(src);
     if (bad)
-        return core_err(err, RC_INVALID,
+        return core_err_r(err, RC_INVALID, "invalid_config",
                         "adapter_config.json: %s pattern '%.200s' is not a valid POSIX extended "
                         "regex",
                         field, pat);
@@ -131,10 +196,13 @@ static rc_t re_compile(regex_t *re, const char *fmt, const char *pat, const char
 static rc_t cfg_peft_type(const json_t *root, core_err_t *err)
 {
     const json_t *v = json_object_get(root, "peft_type");
+    if (!json_is_set(v))
+        return core_err_r(err, RC_INVALID, "missing_field", "adapter_config.json: peft_type missing");
     if (!json_is_string(v))
-        return core_err(err, RC_INVALID, "adapter_config.json: peft_type missing or not a string");
+        return core_err_r(err, RC_INVALID, "invalid_config",
+                          "adapter_config.json: peft_type is not a string");
     if (strcmp(json_string_value(v), "LORA") != 0)
-        return core_err(err, RC_UNSUPPORTED, "peft_type %.64s is not supported (only LORA)",
+        return core_err_r(err, RC_UNSUPPORTED, "unknown_peft_type", "peft_type %.64s is not supported (only LORA)",
                         json_string_value(v));
     return RC_OK;
 }
@@ -142,10 +210,10 @@ static rc_t cfg_peft_type(const json_t *root, core_err_t *err)
 static rc_t cfg_rank_value(const json_t *v, const char *what, int *out, core_err_t *err)
 {
     if (!json_is_integer(v) || json_integer_value(v) <= 0)
-        return core_err(err, RC_INVALID, "adapter_config.json: %s must be a positive integer",
+        return core_err_r(err, RC_INVALID, "invalid_rank", "adapter_config.json: %s must be a positive integer",
                         what);
     if (json_integer_value(v) > LORA_MAX_RANK)
-        return core_err(err, RC_INVALID, "adapter_config.json: %s = %lld is greater than %d", what,
+        return core_err_r(err, RC_INVALID, "invalid_rank", "adapter_config.json: %s = %lld is greater than %d", what,
                         (long long)json_integer_value(v), LORA_MAX_RANK);
     *out = (int)json_integer_value(v);
     return RC_OK;
@@ -156,7 +224,7 @@ static rc_t cfg_alpha_value(const json_t *v, const char *what, double *out, core
     /* checked in f32, the type the scale is used in: 1e300 would become inf, 1e-50 zero */
     float f = json_is_number(v) ? (float)json_number_value(v) : 0.0f;
     if (!isfinite(f) || !(f > 0))
-        return core_err(err, RC_INVALID, "adapter_config.json: %s must be a finite number > 0",
+        return core_err_r(err, RC_INVALID, "invalid_alpha", "adapter_config.json: %s must be a finite number > 0",
                         what);
     *out = json_number_value(v);
     return RC_OK;
@@ -169,7 +237,7 @@ static rc_t cfg_refused(const json_t *root, core_err_t *err)
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         const json_t *v = json_object_get(root, flags[i]);
         if (json_is_set(v) && !json_is_false(v))
-            return core_err(err, RC_UNSUPPORTED, "adapter_config.json: %s is not supported",
+            return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature", "adapter_config.json: %s is not supported",
                             flags[i]);
     }
     static const char *const objs[] = {
@@ -180,18 +248,18 @@ static rc_t cfg_refused(const json_t *root, core_err_t *err)
         const json_t *v = json_object_get(root, objs[i]);
         if (json_is_set(v) && !(json_is_array(v) && json_array_size(v) == 0) &&
             !(json_is_object(v) && json_object_size(v) == 0))
-            return core_err(err, RC_UNSUPPORTED, "adapter_config.json: %s is not supported",
+            return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature", "adapter_config.json: %s is not supported",
                             objs[i]);
     }
     const json_t *mts = json_object_get(root, "modules_to_save");
     if (json_is_set(mts) && !(json_is_array(mts) && json_array_size(mts) == 0))
-        return core_err(err, RC_UNSUPPORTED,
+        return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature",
                         "adapter_config.json: modules_to_save is not supported (full module "
                         "replacements)");
     const json_t *bias = json_object_get(root, "bias");
     if (json_is_set(bias) &&
         !(json_is_string(bias) && strcmp(json_string_value(bias), "none") == 0))
-        return core_err(err, RC_UNSUPPORTED,
+        return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature",
                         "adapter_config.json: bias other than \"none\" is "
                         "not supported");
     const json_t *init = json_object_get(root, "init_lora_weights");
@@ -199,7 +267,7 @@ static rc_t cfg_refused(const json_t *root, core_err_t *err)
         const char *s = json_string_value(init);
         if (strncmp(s, "pissa", 5) == 0 || !strcmp(s, "olora") || !strcmp(s, "corda") ||
             !strcmp(s, "loftq") || !strcmp(s, "lora_ga") || !strcmp(s, "mica"))
-            return core_err(err, RC_UNSUPPORTED,
+            return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature",
                             "adapter_config.json: init_lora_weights \"%.32s\" is not supported "
                             "(it modifies the base weights; convert the adapter first)",
                             s);
@@ -209,7 +277,7 @@ static rc_t cfg_refused(const json_t *root, core_err_t *err)
     if (rc)
         return rc;
     if (fifo)
-        return core_err(err, RC_INVALID,
+        return core_err_r(err, RC_INVALID, "unsupported_feature",
                         "adapter_config.json: fan_in_fan_out must be false: Llama linear layers "
                         "are nn.Linear (PEFT would silently override it; please fix the config)");
     return RC_OK;
@@ -234,10 +302,10 @@ static rc_t pat_parse(const json_t *root, const char *field, bool is_rank, lora_
     if (!json_is_set(obj))
         return RC_OK;
     if (!json_is_object(obj))
-        return core_err(err, RC_INVALID, "adapter_config.json: %s must be an object", field);
+        return core_err_r(err, RC_INVALID, "invalid_config", "adapter_config.json: %s must be an object", field);
     size_t n = json_object_size(obj);
     if (n > LORA_MAX_PATTERNS)
-        return core_err(err, RC_LIMIT, "adapter_config.json: %s has %zu entries", field, n);
+        return core_err_r(err, RC_LIMIT, "invalid_config", "adapter_config.json: %s has %zu entries", field, n);
     p->key = calloc(n + 1, sizeof *p->key);
     p->value = calloc(n + 1, sizeof *p->value);
     p->re = calloc(n + 1, sizeof *p->re);
@@ -283,7 +351,7 @@ static rc_t sel_parse(const json_t *root, const char *field, bool required, lora
     s->kind = SEL_NONE;
     if (!json_is_set(v)) {
         if (required)
-            return core_err(err, RC_INVALID, "adapter_config.json: %s missing", field);
+            return core_err_r(err, RC_INVALID, "missing_field", "adapter_config.json: %s missing", field);
         return RC_OK;
     }
     if (json_is_string(v)) {
@@ -297,14 +365,14 @@ static rc_t sel_parse(const json_t *root, const char *field, bool required, lora
         return rc;
     }
     if (!json_is_array(v))
-        return core_err(err, RC_INVALID, "adapter_config.json: %s must be a list or a string",
+        return core_err_r(err, RC_INVALID, "invalid_config", "adapter_config.json: %s must be a list or a string",
                         field);
     for (size_t i = 0; i < json_array_size(v); i++)
         if (!json_is_string(json_array_get(v, i)))
-            return core_err(err, RC_INVALID, "adapter_config.json: %s[%zu] is not a string", field,
+            return core_err_r(err, RC_INVALID, "invalid_config", "adapter_config.json: %s[%zu] is not a string", field,
                             i);
     if (required && json_array_size(v) == 0)
-        return core_err(err, RC_INVALID, "adapter_config.json: %s is empty", field);
+        return core_err_r(err, RC_INVALID, "invalid_config", "adapter_config.json: %s is empty", field);
     s->kind = SEL_LIST;
     s->list = v;
     return RC_OK;
@@ -345,14 +413,14 @@ static rc_t cfg_layers(const json_t *root, lora_cfg_t *c, core_err_t *err)
         return RC_OK;
     size_t n = json_is_array(v) ? json_array_size(v) : 1;
     if (n > LORA_MAX_PATTERNS)
-        return core_err(err, RC_LIMIT, "adapter_config.json: layers_to_transform too long");
+        return core_err_r(err, RC_LIMIT, "invalid_config", "adapter_config.json: layers_to_transform too long");
     c->layers = calloc(n + 1, sizeof *c->layers);
     if (!c->layers)
         return core_err(err, RC_NOMEM, "adapter_config.json: out of memory");
     for (size_t i = 0; i < n; i++) {
         const json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
         if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX)
-            return core_err(err, RC_INVALID,
+            return core_err_r(err, RC_INVALID, "invalid_config",
                             "adapter_config.json: layers_to_transform must be an integer or a "
                             "list of non-negative integers");
         c->layers[c->n_layers_sel++] = (int)json_integer_value(e);
@@ -362,14 +430,14 @@ static rc_t cfg_layers(const json_t *root, lora_cfg_t *c, core_err_t *err)
         return RC_OK;
     size_t np = json_is_array(lp) ? json_array_size(lp) : 1;
     if (np > LORA_MAX_PATTERNS)
-        return core_err(err, RC_LIMIT, "adapter_config.json: layers_pattern too long");
+        return core_err_r(err, RC_LIMIT, "invalid_config", "adapter_config.json: layers_pattern too long");
     c->layer_re = calloc(np, sizeof *c->layer_re);
     if (!c->layer_re)
         return core_err(err, RC_NOMEM, "adapter_config.json: out of memory");
     for (size_t i = 0; i < np; i++) {
         const json_t *e = json_is_array(lp) ? json_array_get(lp, i) : lp;
         if (!json_is_string(e))
-            return core_err(err, RC_INVALID,
+            return core_err_r(err, RC_INVALID, "invalid_config",
                             "adapter_config.json: layers_pattern must be a "
                             "string or a list of strings");
         /* PEFT: re.match(rf".*?\.{p}\.(\d+)\.", key) */
@@ -397,7 +465,7 @@ static void cfg_free(lora_cfg_t *c)
 static rc_t cfg_parse(const json_t *root, lora_cfg_t *c, core_err_t *err)
 {
     if (!json_is_object(root))
-        return core_err(err, RC_INVALID, "adapter_config.json: not a JSON object");
+        return core_err_r(err, RC_INVALID, "invalid_config", "adapter_config.json: not a JSON object");
     rc_t rc = cfg_peft_type(root, err);
     if (!rc)
         rc = cfg_refused(root, err);
@@ -405,10 +473,10 @@ static rc_t cfg_parse(const json_t *root, lora_cfg_t *c, core_err_t *err)
         return rc;
     const json_t *r = json_object_get(root, "r");
     if (!r)
-        return core_err(err, RC_INVALID, "adapter_config.json: r missing");
+        return core_err_r(err, RC_INVALID, "missing_field", "adapter_config.json: r missing");
     const json_t *a = json_object_get(root, "lora_alpha");
     if (!a)
-        return core_err(err, RC_INVALID, "adapter_config.json: lora_alpha missing");
+        return core_err_r(err, RC_INVALID, "missing_field", "adapter_config.json: lora_alpha missing");
     rc = cfg_rank_value(r, "r", &c->r, err);
     if (!rc)
         rc = cfg_alpha_value(a, "lora_alpha", &c->alpha, err);
@@ -488,7 +556,7 @@ static rc_t cfg_targets_exist(const lora_cfg_t *c, const core_config_t *base, co
                 found = name_match(t, path, &exact);
             }
         if (!found)
-            return core_err(err, RC_MISMATCH,
+            return core_err_r(err, RC_MISMATCH, "unknown_module",
                             "adapter_config.json: target_modules entry '%.100s' matches no linear "
                             "layer of the base model",
                             t);
@@ -512,12 +580,12 @@ static rc_t key_refuse(const char *key, core_err_t *err)
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strstr(key, known[i].part))
-            return core_err(err, RC_UNSUPPORTED, "tensor '%.200s': %s", key, known[i].what);
+            return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature", "tensor '%.200s': %s", key, known[i].what);
     size_t n = strlen(key);
     if (n >= 5 && strcmp(key + n - 5, ".bias") == 0)
-        return core_err(err, RC_UNSUPPORTED, "tensor '%.200s': bias tensors are not supported",
+        return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature", "tensor '%.200s': bias tensors are not supported",
                         key);
-    return core_err(err, RC_MISMATCH,
+    return core_err_r(err, RC_MISMATCH, "unbound_tensor",
                     "tensor '%.200s' does not name a LoRA weight of the base model (expected "
                     "[base_model.model.]model.layers.{i}.{self_attn|mlp}.{q,k,v,o,gate,up,"
                     "down}_proj.lora_{A|B}.weight)",
@@ -565,7 +633,7 @@ static rc_t key_parse(const char *key, int n_layers, lora_slot_t *out, core_err_
         if (strcmp(suf, ".lora_A.weight") != 0 && strcmp(suf, ".lora_B.weight") != 0)
             return key_refuse(key, err);
         if (layer >= n_layers)
-            return core_err(err, RC_MISMATCH,
+            return core_err_r(err, RC_MISMATCH, "layer_out_of_range",
                             "tensor '%.200s': layer %ld out of range (the base has %d layers)", key,
                             layer, n_layers);
         *out = (lora_slot_t){(int)layer, (core_mod_t)m, suf[6] == 'B'};
@@ -592,14 +660,14 @@ static rc_t bind_keys(const core_st_t *st, const lora_cfg_t *c, const core_confi
             return rc;
         mod_path(path, sizeof path, s.layer, s.m);
         if (!cfg_targets(c, path, s.layer))
-            return core_err(err, RC_MISMATCH,
+            return core_err_r(err, RC_MISMATCH, "unbound_tensor",
                             "tensor '%.200s': module %s is not selected by target_modules / "
                             "exclude_modules / layers_to_transform",
                             t->name, path);
         lora_bind_t *b = &bind[s.layer * CORE_MOD__COUNT + s.m];
         const core_st_tensor_t **slot = s.is_b ? &b->b : &b->a;
         if (*slot)
-            return core_err(err, RC_INVALID, "tensor '%.200s' binds the same weight as '%.200s'",
+            return core_err_r(err, RC_INVALID, "duplicate_binding", "tensor '%.200s' binds the same weight as '%.200s'",
                             t->name, (*slot)->name);
         *slot = t;
     }
@@ -610,7 +678,7 @@ static rc_t check_tensor(const core_st_tensor_t *t, int64_t d0, int64_t d1, cons
                          core_err_t *err)
 {
     if (t->dtype == CORE_DTYPE_OTHER)
-        return core_err(err, RC_UNSUPPORTED,
+        return core_err_r(err, RC_UNSUPPORTED, "bad_dtype",
                         "tensor '%.200s': dtype %s is not supported (F32, "
                         "F16 or BF16)",
                         t->name, t->dtype_name);
@@ -620,7 +688,7 @@ static rc_t check_tensor(const core_st_tensor_t *t, int64_t d0, int64_t d1, cons
         for (int d = 0; d < t->n_dims && n < sizeof got; d++)
             n += (size_t)snprintf(got + n, sizeof got - n, "%s%lld", d ? ", " : "",
                                   (long long)t->shape[d]);
-        return core_err(err, RC_MISMATCH, "tensor '%.200s': shape [%s], expected [%lld, %lld] (%s)",
+        return core_err_r(err, RC_MISMATCH, "shape_mismatch", "tensor '%.200s': shape [%s], expected [%lld, %lld] (%s)",
                         t->name, got, (long long)d0, (long long)d1, why);
     }
     return RC_OK;
@@ -638,7 +706,7 @@ static rc_t check_slots(const lora_bind_t *bind, const lora_cfg_t *c, const core
             if (!b->a && !b->b)
                 continue;
             if (!b->a || !b->b)
-                return core_err(err, RC_INVALID, "tensor '%.200s' has no matching lora_%c",
+                return core_err_r(err, RC_INVALID, "missing_pair", "tensor '%.200s' has no matching lora_%c",
                                 (b->a ? b->a : b->b)->name, b->a ? 'B' : 'A');
             int n_out, n_in;
             core_mod_shape(base, (core_mod_t)m, &n_out, &n_in);
@@ -655,7 +723,7 @@ static rc_t check_slots(const lora_bind_t *bind, const lora_cfg_t *c, const core
             *n_floats += (size_t)r * ((size_t)n_in + (size_t)n_out);
         }
     if (*n_floats == 0)
-        return core_err(err, RC_INVALID, "adapter_model.safetensors holds no LoRA tensors");
+        return core_err_r(err, RC_INVALID, "no_tensors", "adapter_model.safetensors holds no LoRA tensors");
     return RC_OK;
 }
 
@@ -665,7 +733,7 @@ static rc_t convert_finite(const core_st_tensor_t *t, float *dst, core_err_t *er
     rc_t rc = core_st_to_f32_check(t, dst, &finite, err);
     for (int64_t i = 0; rc == RC_OK && !finite && i < t->n_elems; i++)
         if (!isfinite(dst[i]))
-            return core_err(err, RC_INVALID, "tensor '%.200s': value %lld is not finite (%g)",
+            return core_err_r(err, RC_INVALID, "non_finite", "tensor '%.200s': value %lld is not finite (%g)",
                             t->name, (long long)i, (double)dst[i]);
     return rc;
 }
@@ -735,7 +803,7 @@ static rc_t lora_build(const core_st_t *st, const lora_cfg_t *c, const core_conf
 {
     size_t n_slots = (size_t)base->n_layers * CORE_MOD__COUNT, n_floats = 0;
     if (core_st_count(st) > 2 * n_slots)
-        return core_err(err, RC_MISMATCH,
+        return core_err_r(err, RC_MISMATCH, "too_many_tensors",
                         "adapter has %zu tensors; the base has only %zu LoRA "
                         "weights",
                         core_st_count(st), 2 * n_slots);
@@ -778,10 +846,73 @@ out:
     return rc;
 }
 
+/* The part after the last '/' (a hub id "org/name" or a local path). */
+static const char *path_base(const char *s)
+{
+    const char *slash = strrchr(s, '/');
+    while (slash && slash[1] == '\0' && slash > s) { /* "dir/" */
+        const char *prev = slash - 1;
+        while (prev > s && *prev != '/')
+            prev--;
+        return *prev == '/' ? prev + 1 : prev;
+    }
+    return slash ? slash + 1 : s;
+}
+
+static size_t path_base_len(const char *b)
+{
+    const char *slash = strchr(b, '/');
+    return slash ? (size_t)(slash - b) : strlen(b);
+}
+
+/* base_model_name_or_path against the served base's name, when the operator gave one:
+ * last path components, case-insensitively ("meta-llama/Llama-2-7b-hf" matches a local
+ * "/models/llama-2-7b-hf"). Absent or empty in the config: nothing to check. */
+static rc_t cfg_base_name(const json_t *root, const char *served, core_err_t *err)
+{
+    const json_t *v = json_object_get(root, "base_model_name_or_path");
+    if (!json_is_set(v))
+        return RC_OK;
+    if (!json_is_string(v))
+        return core_err_r(err, RC_INVALID, "invalid_config",
+                          "adapter_config.json: base_model_name_or_path is not a string");
+    if (!served || !served[0] || !json_string_value(v)[0])
+        return RC_OK;
+    const char *a = path_base(json_string_value(v)), *b = path_base(served);
+    size_t na = path_base_len(a), nb = path_base_len(b);
+    if (na == nb && strncasecmp(a, b, na) == 0)
+        return RC_OK;
+    return core_err_r(err, RC_MISMATCH, "base_model_mismatch",
+                      "adapter_config.json: base_model_name_or_path '%.200s' is not the served "
+                      "base model '%.100s'",
+                      json_string_value(v), served);
+}
+
 /* ---- public API ----------------------------------------------------------------- */
+
+core_lora_params_t core_lora_default_params(void)
+{
+    return (core_lora_params_t){.base_name = NULL};
+}
+
+core_st_params_t core_lora_st_params(const core_config_t *base)
+{
+    core_st_params_t p = core_st_default_params();
+    p.max_header = CORE_LORA_MAX_HEADER;
+    if (base->n_layers > 0)
+        p.max_tensors = 2 * (size_t)base->n_layers * CORE_MOD__COUNT;
+    return p;
+}
 
 rc_t core_lora_from_parts(const char *config_json, const struct core_st *st,
                           const core_config_t *base, core_lora_t **out, core_err_t *err)
+{
+    return core_lora_from_parts_ex(config_json, st, base, NULL, out, err);
+}
+
+rc_t core_lora_from_parts_ex(const char *config_json, const struct core_st *st,
+                             const core_config_t *base, const core_lora_params_t *p,
+                             core_lora_t **out, core_err_t *err)
 {
     *out = NULL;
     if (base->n_layers <= 0)
@@ -789,10 +920,15 @@ rc_t core_lora_from_parts(const char *config_json, const struct core_st *st,
     json_error_t jerr;
     json_t *root = json_loads(config_json, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return core_err(err, RC_FORMAT, "adapter_config.json: %s (line %d)", jerr.text, jerr.line);
+        return core_err_r(err, RC_FORMAT,
+                          json_error_code(&jerr) == json_error_duplicate_key ? "duplicate_key"
+                                                                             : "invalid_config",
+                          "adapter_config.json: %s (line %d)", jerr.text, jerr.line);
     lora_cfg_t c;
     memset(&c, 0, sizeof c);
     rc_t rc = cfg_parse(root, &c, err);
+    if (!rc)
+        rc = cfg_base_name(root, p ? p->base_name : NULL, err);
     if (!rc)
         rc = cfg_targets_exist(&c, base, err);
     if (!rc)
@@ -823,9 +959,9 @@ static rc_t read_config(const char *path, char **text, core_err_t *err)
     if (ferror(f))
         rc = core_err(err, RC_IO, "%s: read error", path);
     else if (n > LORA_MAX_CONFIG)
-        rc = core_err(err, RC_LIMIT, "%s: larger than %u bytes", path, LORA_MAX_CONFIG);
+        rc = core_err_r(err, RC_LIMIT, "invalid_config", "%s: larger than %u bytes", path, LORA_MAX_CONFIG);
     else if (memchr(buf, 0, n))
-        rc = core_err(err, RC_FORMAT, "%s: contains a NUL byte", path);
+        rc = core_err_r(err, RC_FORMAT, "invalid_config", "%s: contains a NUL byte", path);
     if (rc) {
         free(buf);
         goto out;
@@ -845,7 +981,7 @@ rc_t core_lora_load(const char *dir, const core_config_t *base, core_lora_t **ou
     snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
     snprintf(bin_path, sizeof bin_path, "%s/adapter_model.bin", dir);
     if (!file_exists(st_path) && file_exists(bin_path))
-        return core_err(err, RC_UNSUPPORTED,
+        return core_err_r(err, RC_UNSUPPORTED, "unsupported_feature",
                         "%s: pickle .bin adapters are not supported; convert "
                         "to safetensors",
                         dir);
@@ -854,7 +990,8 @@ rc_t core_lora_load(const char *dir, const core_config_t *base, core_lora_t **ou
     if (rc)
         return rc;
     core_st_t *st = NULL;
-    rc = core_st_open_file(st_path, &st, err);
+    core_st_params_t sp = core_lora_st_params(base);
+    rc = core_st_open_file_ex(st_path, &sp, &st, err);
     if (!rc)
         rc = core_lora_from_parts(text, st, base, out, err);
     core_st_free(st); /* weights were copied to f32 */

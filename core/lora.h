@@ -48,6 +48,32 @@ struct core_st;
 rc_t core_lora_from_parts(const char *config_json, const struct core_st *st,
                           const core_config_t *base, core_lora_t **out, core_err_t *err);
 
+/* Every refusal's message starts with a reason of CORE_REASON_MAP (core/rc.h):
+ * invalid_config, missing_field, invalid_rank (r outside 1..512), invalid_alpha,
+ * unsupported_feature, unknown_peft_type, base_model_mismatch, unknown_module,
+ * unbound_tensor, layer_out_of_range, duplicate_binding, missing_pair, shape_mismatch,
+ * bad_dtype, non_finite, no_tensors, too_many_tensors. */
+typedef struct {
+    /* The served base's name. When set, a config's base_model_name_or_path must name it
+     * (last path components, case-insensitively) or the adapter is refused with
+     * base_model_mismatch; NULL or "" (the default) leaves the field informational, as
+     * vLLM and LoRAX do: shapes decide. */
+    const char *base_name;
+} core_lora_params_t;
+
+core_lora_params_t core_lora_default_params(void);
+/* core_lora_from_parts held to p (NULL: the defaults). */
+rc_t core_lora_from_parts_ex(const char *config_json, const struct core_st *st,
+                             const core_config_t *base, const core_lora_params_t *p,
+                             core_lora_t **out, core_err_t *err);
+
+/* The reader caps for an adapter of this base: a 16 MiB header and no more tensors than
+ * the base has LoRA weights (2 x layers x modules), so header bloat is refused before the
+ * tensor table is built (RELIABILITY F8). */
+#define CORE_LORA_MAX_HEADER (16u << 20)
+#include "core/safetensors.h"
+core_st_params_t core_lora_st_params(const core_config_t *base);
+
 static inline const core_lora_mod_t *core_lora_mod(const core_lora_t *l, int layer, core_mod_t m)
 {
     return &l->mods[layer * CORE_MOD__COUNT + m];

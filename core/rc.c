@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static const char *const rc_msgs[] = {
 #define CORE_RC_MSG(name, lower, msg) msg,
@@ -35,4 +36,38 @@ rc_t core_err(core_err_t *err, rc_t rc, const char *fmt, ...)
         va_end(ap);
     }
     return rc;
+}
+
+static const char *const rc_reasons[] = {
+#define CORE_REASON_NAME(name) #name,
+    CORE_REASON_MAP(CORE_REASON_NAME)
+#undef CORE_REASON_NAME
+};
+
+rc_t core_err_r(core_err_t *err, rc_t rc, const char *reason, const char *fmt, ...)
+{
+    if (err) {
+        int n = snprintf(err->msg, sizeof err->msg, "%s: ", reason);
+        if (n < 0 || (size_t)n >= sizeof err->msg)
+            n = 0;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg + n, sizeof err->msg - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+const char *core_err_reason(const core_err_t *err)
+{
+    if (!err)
+        return "";
+    const char *colon = memchr(err->msg, ':', sizeof err->msg);
+    if (!colon || colon[1] != ' ')
+        return "";
+    size_t n = (size_t)(colon - err->msg);
+    for (size_t i = 0; i < sizeof rc_reasons / sizeof rc_reasons[0]; i++)
+        if (strlen(rc_reasons[i]) == n && memcmp(rc_reasons[i], err->msg, n) == 0)
+            return rc_reasons[i];
+    return "";
 }

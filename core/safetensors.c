@@ -36,6 +36,7 @@ typedef struct {
 } st_map_t;
 
 struct core_st {
+    core_st_params_t p;  /* caps every file of this table is held to */
     core_st_tensor_t *t; /* n tensors; names owned (malloc'd) */
     int *file_of;        /* n: index into labels of the file holding tensor i */
     size_t n, cap;
@@ -235,7 +236,8 @@ static rc_t st_index_build(core_st_t *st, core_err_t *err)
         while (st->slots[j]) {
             size_t k = st->slots[j] - 1;
             if (strcmp(st->t[k].name, st->t[i].name) == 0)
-                return core_err(err, RC_FORMAT, "tensor '%s' appears in both %s and %s",
+                return core_err_r(err, RC_FORMAT, "duplicate_key",
+                                  "tensor '%s' appears in both %s and %s",
                                 st->t[i].name, st->labels[st->file_of[k]],
                                 st->labels[st->file_of[i]]);
             j = (j + 1) & (n_slots - 1);
@@ -264,6 +266,7 @@ static long st_find_index(const core_st_t *st, const char *name)
 typedef struct {
     uint64_t begin, end;
     size_t idx;
+    unsigned bits; /* per element, of the entry's dtype */
 } st_span_t;
 
 static int st_span_cmp(const void *a, const void *b)
@@ -279,134 +282,163 @@ static int st_span_cmp(const void *a, const void *b)
 static rc_t st_metadata_check(const json_t *meta, const char *label, core_err_t *err)
 {
     if (!json_is_object(meta))
-        return core_err(err, RC_FORMAT, "%s: __metadata__ must be an object of strings", label);
+        return core_err_r(err, RC_FORMAT, "bad_metadata",
+                          "%s: __metadata__ must be an object of strings", label);
     size_t total = 0;
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)meta, k, v)
     {
         if (!json_is_string(v))
-            return core_err(err, RC_FORMAT, "%s: __metadata__ '%s' is not a string", label, k);
+            return core_err_r(err, RC_FORMAT, "bad_metadata", "%s: __metadata__ '%.100s' is not a string",
+                              label, k);
         total += strlen(k) + json_string_length(v);
         if (total > ST_MAX_METADATA)
-            return core_err(err, RC_LIMIT, "%s: __metadata__ larger than %u bytes (at '%s')", label,
-                            ST_MAX_METADATA, k);
+            return core_err_r(err, RC_LIMIT, "metadata_too_large",
+                              "%s: __metadata__ larger than %u bytes (at '%.100s')", label,
+                              ST_MAX_METADATA, k);
     }
     return RC_OK;
 }
 
-/* Shape entries are non-negative JSON integers; products are overflow-checked. */
+/* Shape entries are non-negative JSON integers (the product is checked later, in offset
+ * order, as the reference does). */
 static rc_t st_shape_parse(const json_t *shape, core_st_tensor_t *t, const char *label,
                            core_err_t *err)
 {
     if (!json_is_array(shape))
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': shape must be an array", label, t->name);
+        return core_err_r(err, RC_FORMAT, "tensor_invalid_info",
+                          "%s: tensor '%.200s': shape must be an array", label, t->name);
     size_t nd = json_array_size(shape);
     if (nd > CORE_ST_MAX_DIMS)
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': %zu dimensions (max %d)", label, t->name,
-                        nd, CORE_ST_MAX_DIMS);
-    uint64_t n = 1;
+        return core_err_r(err, RC_FORMAT, "tensor_invalid_info",
+                          "%s: tensor '%.200s': %zu dimensions (max %d)", label, t->name, nd,
+                          CORE_ST_MAX_DIMS);
     for (size_t d = 0; d < nd; d++) {
         json_t *e = json_array_get(shape, d);
         if (!json_is_integer(e) || json_integer_value(e) < 0)
-            return core_err(err, RC_FORMAT,
-                            "%s: tensor '%s': shape[%zu] is not a non-negative integer", label,
-                            t->name, d);
+            return core_err_r(err, RC_FORMAT, "tensor_invalid_info",
+                              "%s: tensor '%.200s': shape[%zu] is not a non-negative integer",
+                              label, t->name, d);
         t->shape[d] = (int64_t)json_integer_value(e);
-        if (__builtin_mul_overflow(n, (uint64_t)t->shape[d], &n) || n > (uint64_t)INT64_MAX)
-            return core_err(err, RC_FORMAT, "%s: tensor '%s': shape product overflows", label,
-                            t->name);
     }
     t->n_dims = (int)nd;
-    t->n_elems = (int64_t)n;
     return RC_OK;
 }
 
+/* [begin, end] as two non-negative JSON integers; their order is checked in st_spans_check. */
 static rc_t st_offsets_parse(const json_t *offs, st_span_t *span, const char *label,
                              const char *name, core_err_t *err)
 {
     json_t *b = json_array_get(offs, 0), *e = json_array_get(offs, 1);
     if (!json_is_array(offs) || json_array_size(offs) != 2 || !json_is_integer(b) ||
         !json_is_integer(e) || json_integer_value(b) < 0 || json_integer_value(e) < 0)
-        return core_err(err, RC_FORMAT,
-                        "%s: tensor '%s': data_offsets must be [begin, end] non-negative integers",
-                        label, name);
+        return core_err_r(err, RC_FORMAT, "invalid_offset",
+                          "%s: tensor '%.200s': data_offsets must be [begin, end], non-negative "
+                          "integers",
+                          label, name);
     span->begin = (uint64_t)json_integer_value(b);
     span->end = (uint64_t)json_integer_value(e);
-    if (span->end < span->begin)
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': invalid offset: end %llu < begin %llu",
-                        label, name, (unsigned long long)span->end,
-                        (unsigned long long)span->begin);
     return RC_OK;
 }
 
-/* One tensor entry {"dtype", "shape", "data_offsets"}; other fields are refused. */
+/* One tensor entry {"dtype", "shape", "data_offsets"}, its fields' types only; other
+ * fields are refused. */
 static rc_t st_entry_parse(const char *name, json_t *v, core_st_tensor_t *t, st_span_t *span,
                            const char *label, core_err_t *err)
 {
     memset(t, 0, sizeof *t);
     t->name = name;
     if (!json_is_object(v))
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': entry is not an object", label, name);
+        return core_err_r(err, RC_FORMAT, "tensor_invalid_info",
+                          "%s: tensor '%.200s': entry is not an object", label, name);
     const char *k;
     json_t *x;
     json_object_foreach(v, k, x)
     {
         if (strcmp(k, "dtype") && strcmp(k, "shape") && strcmp(k, "data_offsets"))
-            return core_err(err, RC_FORMAT, "%s: tensor '%s': unknown field '%s'", label, name, k);
+            return core_err_r(err, RC_FORMAT, "tensor_invalid_info",
+                              "%s: tensor '%.200s': unknown field '%.100s'", label, name, k);
     }
     json_t *dt = json_object_get(v, "dtype");
     if (!json_is_string(dt))
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': dtype missing or not a string", label,
-                        name);
+        return core_err_r(err, RC_FORMAT, "bad_dtype",
+                          "%s: tensor '%.200s': dtype missing or not a string", label, name);
     const st_dtype_t *d = st_dtype_find(json_string_value(dt));
     if (!d)
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': unknown dtype '%.32s'", label, name,
-                        json_string_value(dt));
+        return core_err_r(err, RC_FORMAT, "bad_dtype", "%s: tensor '%.200s': unknown dtype '%.32s'",
+                          label, name, json_string_value(dt));
     t->dtype = d->dtype;
     t->dtype_name = d->name;
+    span->bits = d->bits;
     rc_t rc = st_shape_parse(json_object_get(v, "shape"), t, label, err);
     if (rc)
         return rc;
-    uint64_t bits;
-    if (__builtin_mul_overflow((uint64_t)t->n_elems, (uint64_t)d->bits, &bits))
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': byte size overflows", label, name);
+    return st_offsets_parse(json_object_get(v, "data_offsets"), span, label, name, err);
+}
+
+/* The reference's per-tensor checks, in its order: element count and bit size without
+ * overflow, whole bytes, and a span of exactly that many bytes. */
+static rc_t st_size_check(core_st_tensor_t *t, const st_span_t *span, const char *label,
+                          core_err_t *err)
+{
+    uint64_t n = 1, bits;
+    for (int d = 0; d < t->n_dims; d++)
+        if (__builtin_mul_overflow(n, (uint64_t)t->shape[d], &n))
+            return core_err_r(err, RC_FORMAT, "validation_overflow",
+                              "%s: tensor '%.200s': shape product overflows", label, t->name);
+    if (n > (uint64_t)INT64_MAX || __builtin_mul_overflow(n, (uint64_t)span->bits, &bits))
+        return core_err_r(err, RC_FORMAT, "validation_overflow",
+                          "%s: tensor '%.200s': byte size overflows", label, t->name);
     if (bits % 8)
-        return core_err(err, RC_FORMAT, "%s: tensor '%s': %s data is not a whole number of bytes",
-                        label, name, d->name);
-    rc = st_offsets_parse(json_object_get(v, "data_offsets"), span, label, name, err);
-    if (rc)
-        return rc;
+        return core_err_r(err, RC_FORMAT, "misaligned",
+                          "%s: tensor '%.200s': %s data is not a whole number of bytes", label,
+                          t->name, t->dtype_name);
     if (span->end - span->begin != bits / 8)
-        return core_err(err, RC_FORMAT,
-                        "%s: tensor '%s': data_offsets span %llu bytes but %s%s needs %llu", label,
-                        name, (unsigned long long)(span->end - span->begin), d->name,
-                        t->n_dims ? " shape" : " scalar", (unsigned long long)(bits / 8));
+        return core_err_r(err, RC_FORMAT, "tensor_invalid_info",
+                          "%s: tensor '%.200s': data_offsets span %llu bytes but %s%s needs %llu",
+                          label, t->name, (unsigned long long)(span->end - span->begin),
+                          t->dtype_name, t->n_dims ? " shape" : " scalar",
+                          (unsigned long long)(bits / 8));
+    t->n_elems = (int64_t)n;
     t->n_bytes = (size_t)(bits / 8);
     return RC_OK;
 }
 
-/* Sorted by offsets, spans must chain from 0 to exactly the data buffer's end. */
+/* Sorted by offsets, spans must chain from 0 to exactly the data buffer's end; each
+ * tensor's size is checked in that order (the reference's validate()). A span that runs
+ * past the buffer is an invalid offset; bytes left after the last one are an incomplete
+ * buffer (the reference reports both as MetadataIncompleteBuffer; we name the overrun
+ * precisely). */
 static rc_t st_spans_check(core_st_t *st, size_t first, st_span_t *spans, size_t n,
                            uint64_t data_len, const char *label, core_err_t *err)
 {
     qsort(spans, n, sizeof *spans, st_span_cmp);
     uint64_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *name = st->t[first + spans[i].idx].name;
-        if (spans[i].begin != at)
-            return core_err(err, RC_FORMAT,
-                            "%s: tensor '%s': invalid offset %llu (expected %llu: offsets must be "
-                            "contiguous, without holes or overlap)",
-                            label, name, (unsigned long long)spans[i].begin,
-                            (unsigned long long)at);
+        core_st_tensor_t *t = &st->t[first + spans[i].idx];
+        if (spans[i].begin != at || spans[i].end < spans[i].begin)
+            return core_err_r(err, RC_FORMAT, "invalid_offset",
+                              "%s: tensor '%.200s': invalid offsets [%llu, %llu] (expected begin "
+                              "%llu: offsets must be contiguous, without holes or overlap)",
+                              label, t->name, (unsigned long long)spans[i].begin,
+                              (unsigned long long)spans[i].end, (unsigned long long)at);
+        if (spans[i].end > data_len)
+            return core_err_r(err, RC_FORMAT, "invalid_offset",
+                              "%s: tensor '%.200s': data_offsets end %llu is past the data buffer "
+                              "(%llu bytes)",
+                              label, t->name, (unsigned long long)spans[i].end,
+                              (unsigned long long)data_len);
+        rc_t rc = st_size_check(t, &spans[i], label, err);
+        if (rc)
+            return rc;
         at = spans[i].end;
     }
     if (at != data_len)
-        return core_err(err, RC_FORMAT,
-                        "%s: tensors cover %llu bytes but the data buffer has %llu (holes or "
-                        "trailing bytes are not allowed)",
-                        label, (unsigned long long)at, (unsigned long long)data_len);
+        return core_err_r(err, RC_FORMAT, "metadata_incomplete_buffer",
+                          "%s: tensors cover %llu bytes but the data buffer has %llu (holes or "
+                          "trailing bytes are not allowed)",
+                          label, (unsigned long long)at, (unsigned long long)data_len);
     return RC_OK;
 }
 
@@ -415,9 +447,9 @@ static rc_t st_entries_add(core_st_t *st, json_t *root, const uint8_t *data, uin
                            const char *label, int file, core_err_t *err)
 {
     size_t n_entries = json_object_size(root) - (json_object_get(root, "__metadata__") != NULL);
-    if (n_entries > CORE_ST_MAX_TENSORS || st->n + n_entries > CORE_ST_MAX_TENSORS)
-        return core_err(err, RC_LIMIT, "%s: too many tensors (%zu, max %d)", label,
-                        st->n + n_entries, CORE_ST_MAX_TENSORS);
+    if (n_entries > st->p.max_tensors || st->n + n_entries > st->p.max_tensors)
+        return core_err_r(err, RC_LIMIT, "too_many_tensors", "%s: too many tensors (%zu, max %zu)",
+                          label, st->n + n_entries, st->p.max_tensors);
     rc_t rc = st_reserve(st, n_entries, err);
     if (rc)
         return rc;
@@ -454,13 +486,18 @@ out:
     return rc;
 }
 
-/* Colons outside strings at depth 1 = top-level keys of a well-formed object. Counted
- * before jansson builds ~5 allocations per entry, so header bloat (RELIABILITY F8) is
- * refused in a few ms; malformed text is left for jansson to report. */
-static size_t st_count_top_keys(const uint8_t *p, size_t n)
+/* The deepest a valid header nests: root object, tensor entry, shape array. */
+#define ST_MAX_DEPTH 3
+
+/* Colons outside strings at depth 1 = top-level keys of a well-formed object; also the
+ * deepest nesting. Counted before jansson builds ~5 allocations per entry, so header
+ * bloat (RELIABILITY F8) and deep nesting are refused in a few ms; other malformed text is
+ * left for jansson to report. */
+static size_t st_count_top_keys(const uint8_t *p, size_t n, int *max_depth)
 {
     size_t keys = 0;
     int depth = 0, in_str = 0;
+    *max_depth = 0;
     for (size_t i = 0; i < n; i++) {
         uint8_t c = p[i];
         if (in_str) {
@@ -471,7 +508,8 @@ static size_t st_count_top_keys(const uint8_t *p, size_t n)
         } else if (c == '"') {
             in_str = 1;
         } else if (c == '{' || c == '[') {
-            depth++;
+            if (++depth > *max_depth)
+                *max_depth = depth;
         } else if (c == '}' || c == ']') {
             depth--;
         } else if (c == ':' && depth == 1) {
@@ -481,37 +519,79 @@ static size_t st_count_top_keys(const uint8_t *p, size_t n)
     return keys;
 }
 
+/* The 8-byte length and what can be said of the header before parsing it, in the
+ * reference's order. OUT: *hlen. */
+static rc_t st_header_check(const core_st_t *st, const uint8_t *buf, size_t len,
+                            const char *label, uint64_t *hlen, core_err_t *err)
+{
+    if (len < 8)
+        return core_err_r(err, RC_FORMAT, "header_too_small",
+                          "%s: header too small (file of %zu bytes)", label, len);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | buf[i];
+    if (n > st->p.max_header)
+        return core_err_r(err, RC_LIMIT, "header_too_large",
+                          "%s: header too large (%llu bytes, max %llu)", label,
+                          (unsigned long long)n, (unsigned long long)st->p.max_header);
+    if (n > len - 8)
+        return core_err_r(err, RC_FORMAT, "invalid_header_length",
+                          "%s: invalid header length %llu (file has %zu bytes)", label,
+                          (unsigned long long)n, len);
+    /* Leading whitespace is refused as the reference does; trailing is JSON's own. */
+    if (n == 0 || buf[8] != '{')
+        return core_err_r(err, RC_FORMAT, "invalid_header_start",
+                          "%s: invalid header start (JSON must begin with '{')", label);
+    int depth;
+    size_t n_keys = st_count_top_keys(buf + 8, (size_t)n, &depth);
+    if (n_keys > st->p.max_tensors &&
+        (n_keys > st->p.max_tensors + 1 || !memmem(buf + 8, n, "\"__metadata__\"", 14)))
+        return core_err_r(err, RC_LIMIT, "too_many_tensors", "%s: too many tensors (%zu, max %zu)",
+                          label, n_keys, st->p.max_tensors);
+    if (depth > ST_MAX_DEPTH)
+        return core_err_r(err, RC_FORMAT, "invalid_header",
+                          "%s: header nests %d levels deep (a valid header has %d)", label, depth,
+                          ST_MAX_DEPTH);
+    *hlen = n;
+    return RC_OK;
+}
+
+/* jansson refuses integers past 2^63 - 1 while parsing; name the field they were in
+ * (the last "data_offsets" or "shape" key before the error) as the reference would. */
+static const char *st_json_reason(const json_error_t *jerr, const uint8_t *text, size_t n)
+{
+    if (json_error_code(jerr) == json_error_duplicate_key)
+        return "duplicate_key";
+    if (json_error_code(jerr) != json_error_numeric_overflow || jerr->position <= 0)
+        return "invalid_header";
+    size_t at = (size_t)jerr->position < n ? (size_t)jerr->position : n;
+    for (size_t i = at; i-- > 0;) {
+        if (i + 14 <= at && memcmp(text + i, "\"data_offsets\"", 14) == 0)
+            return "invalid_offset";
+        if (i + 7 <= at && memcmp(text + i, "\"shape\"", 7) == 0)
+            return "validation_overflow";
+        if (text[i] == '{') /* the entry's start: the number was in neither */
+            break;
+    }
+    return "invalid_header";
+}
+
 /* Validates the image buf[0..len) and appends its tensors to st. */
 static rc_t st_parse_into(core_st_t *st, const uint8_t *buf, size_t len, const char *label,
                           int file, core_err_t *err)
 {
-    if (len < 8)
-        return core_err(err, RC_FORMAT, "%s: header too small (file of %zu bytes)", label, len);
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--)
-        n = (n << 8) | buf[i];
-    if (n > CORE_ST_MAX_HEADER)
-        return core_err(err, RC_LIMIT, "%s: header too large (%llu bytes, max %u)", label,
-                        (unsigned long long)n, CORE_ST_MAX_HEADER);
-    if (n > len - 8)
-        return core_err(err, RC_FORMAT, "%s: invalid header length %llu (file has %zu bytes)",
-                        label, (unsigned long long)n, len);
-    if (n == 0 || buf[8] != '{')
-        return core_err(err, RC_FORMAT, "%s: invalid header start (JSON must begin with '{')",
-                        label);
-    size_t n_keys = st_count_top_keys(buf + 8, (size_t)n);
-    if (n_keys > CORE_ST_MAX_TENSORS &&
-        (n_keys > (size_t)CORE_ST_MAX_TENSORS + 1 || !memmem(buf + 8, n, "\"__metadata__\"", 14)))
-        return core_err(err, RC_LIMIT, "%s: too many tensors (%zu, max %d)", label, n_keys,
-                        CORE_ST_MAX_TENSORS);
+    rc_t rc = st_header_check(st, buf, len, label, &n, err);
+    if (rc)
+        return rc;
     json_error_t jerr;
     json_t *root = json_loadb((const char *)buf + 8, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return core_err(err, RC_FORMAT, "%s: header JSON: %s (at byte %d)", label, jerr.text,
-                        jerr.position);
-    rc_t rc = RC_OK;
+        return core_err_r(err, RC_FORMAT, st_json_reason(&jerr, buf + 8, (size_t)n),
+                          "%s: header JSON: %s (at byte %d)", label, jerr.text, jerr.position);
     if (!json_is_object(root)) {
-        rc = core_err(err, RC_FORMAT, "%s: header is not a JSON object", label);
+        rc = core_err_r(err, RC_FORMAT, "invalid_header", "%s: header is not a JSON object",
+                        label);
         goto out;
     }
     json_t *meta = json_object_get(root, "__metadata__");
@@ -558,11 +638,36 @@ static rc_t st_publish(core_st_t *st, rc_t rc, core_st_t **out)
     return RC_OK;
 }
 
+core_st_params_t core_st_default_params(void)
+{
+    return (core_st_params_t){.max_header = CORE_ST_MAX_HEADER, .max_tensors = CORE_ST_MAX_TENSORS};
+}
+
+/* An empty table held to p (NULL: the defaults), whose caps never exceed the defaults. */
+static core_st_t *st_new(const core_st_params_t *p)
+{
+    core_st_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    st->p = core_st_default_params();
+    if (p && p->max_header < st->p.max_header)
+        st->p.max_header = p->max_header;
+    if (p && p->max_tensors < st->p.max_tensors)
+        st->p.max_tensors = p->max_tensors;
+    return st;
+}
+
 rc_t core_st_parse(const uint8_t *buf, size_t len, const char *label, core_st_t **out,
                    core_err_t *err)
 {
+    return core_st_parse_ex(buf, len, label, NULL, out, err);
+}
+
+rc_t core_st_parse_ex(const uint8_t *buf, size_t len, const char *label,
+                      const core_st_params_t *p, core_st_t **out, core_err_t *err)
+{
     *out = NULL;
-    core_st_t *st = calloc(1, sizeof *st);
+    core_st_t *st = st_new(p);
     if (!st)
         return core_err(err, RC_NOMEM, "%s: out of memory", label);
     rc_t rc = st_add_file(st, label, NULL, len, err);
@@ -626,8 +731,14 @@ static rc_t st_open_into(core_st_t *st, const char *path, const char *label, cor
 
 rc_t core_st_open_file(const char *path, core_st_t **out, core_err_t *err)
 {
+    return core_st_open_file_ex(path, NULL, out, err);
+}
+
+rc_t core_st_open_file_ex(const char *path, const core_st_params_t *p, core_st_t **out,
+                          core_err_t *err)
+{
     *out = NULL;
-    core_st_t *st = calloc(1, sizeof *st);
+    core_st_t *st = st_new(p);
     if (!st)
         return core_err(err, RC_NOMEM, "%s: out of memory", path);
     rc_t rc = st_open_into(st, path, path, err);
@@ -767,7 +878,7 @@ rc_t core_st_open_dir(const char *dir, core_st_t **out, core_err_t *err)
                       dir);
         goto out;
     }
-    st = calloc(1, sizeof *st);
+    st = st_new(NULL);
     if (!st) {
         rc = core_err(err, RC_NOMEM, "%s: out of memory", dir);
         goto out;

@@ -44,14 +44,31 @@ typedef struct {
 
 typedef struct core_st core_st_t;
 
+/* Caps a caller may tighten (never loosen): adapters take a 16 MiB header and a
+ * tensor count from the base model, so header bloat is refused before any table exists.
+ * Every refusal's message starts with a reason of CORE_REASON_MAP (core/rc.h). */
+typedef struct {
+    uint64_t max_header; /* bytes of header JSON (default and ceiling CORE_ST_MAX_HEADER) */
+    size_t max_tensors;  /* entries per table (default and ceiling CORE_ST_MAX_TENSORS) */
+} core_st_params_t;
+
+core_st_params_t core_st_default_params(void);
+
 /* Parse and validate one header from memory (buf = whole file image). Used by the
  * file opener and by the fuzzer. On success *out holds a core_st_t that borrows buf
  * (buf must outlive it). */
 rc_t core_st_parse(const uint8_t *buf, size_t len, const char *label, core_st_t **out,
                    core_err_t *err);
 
+/* core_st_parse held to p (NULL: the defaults). */
+rc_t core_st_parse_ex(const uint8_t *buf, size_t len, const char *label,
+                      const core_st_params_t *p, core_st_t **out, core_err_t *err);
+
 /* mmap and validate one .safetensors file. OUT: *out, free with core_st_free. */
 rc_t core_st_open_file(const char *path, core_st_t **out, core_err_t *err);
+/* The same held to p (NULL: the defaults). */
+rc_t core_st_open_file_ex(const char *path, const core_st_params_t *p, core_st_t **out,
+                          core_err_t *err);
 
 /* Open the weights of a model folder: DIR/model.safetensors, or the shards listed by
  * DIR/model.safetensors.index.json ("weight_map"; shard names must be plain file names

@@ -219,7 +219,8 @@ static bool drain(core_tok_stream_t *s, bool final)
         i += k;
         run = i;
     }
-    ok = ok && emit_text(s, s->pend + run, i - run);
+    /* pend is NULL until the first push: no pointer arithmetic on it when empty (UB). */
+    ok = ok && (i == run || emit_text(s, s->pend + run, i - run));
     if (n > i)
         memmove(s->pend, s->pend + i, n - i);
     s->n_pend = n - i;

@@ -95,6 +95,10 @@ static const flag_t flags[] = {
      "open client connections; connections over the cap are closed at once"},
     {"max-keepalive-requests", FLAG_INT, OFF(max_keepalive_requests), "1000", 1, I32, SERVE, "N",
      "requests served on one connection; the last one is answered with Connection: close"},
+    {"max-connection-age-ms", FLAG_INT, OFF(max_connection_age_ms), "3600000", 1, MS_MAX, SERVE,
+     "MS",
+     "keep-alive: a request that starts on an older connection is answered with Connection: "
+     "close, and an idle one that old is closed"},
     {"drain-timeout-ms", FLAG_INT, OFF(drain_timeout_ms), "10000", 0, MS_MAX, SERVE, "MS",
      "on SIGINT/SIGTERM: how long in-flight requests may take to finish"},
     {"max-write-buffer-bytes", FLAG_SIZE, OFF(max_write_buffer_bytes), "4194304", 65536, 1LL << 34,

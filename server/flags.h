@@ -76,6 +76,7 @@ typedef struct {
     int idle_timeout_ms;
     int max_connections;
     int max_keepalive_requests;
+    int max_connection_age_ms;
     int drain_timeout_ms;
     size_t max_write_buffer_bytes;
 

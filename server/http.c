@@ -14,15 +14,14 @@
  * (c->body) gets exactly one of body_end (dispatch) or body_abort (conn_fail, conn_close). */
 #include "server/http.h"
 
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
-#include <time.h>
 
 #include "llhttp.h"
 #include "server/http_int.h"
@@ -47,119 +46,6 @@ static void conn_finish(srv_conn_t *c);
 void srv__conn_arm_timer(srv_conn_t *c);
 static void conn_update_reading(srv_conn_t *c);
 
-/* ---- small helpers ------------------------------------------------------------------ */
-
-bool srv__buf_add(buf_t *b, const void *data, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return false;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n)
-        memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return true;
-}
-
-static bool buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static bool buf_printf(buf_t *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        return false; /* only used for short, fixed-shape lines */
-    return srv__buf_add(b, tmp, (size_t)n);
-}
-
-#define BUF_LIT(b, lit) srv__buf_add(b, lit, sizeof(lit) - 1)
-
-void srv__buf_clear(buf_t *b)
-{
-    b->len = 0;
-    if (b->p)
-        b->p[0] = '\0';
-}
-
-static void buf_free(buf_t *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
-
-size_t srv_json_escape(char *dst, size_t cap, const char *s)
-{
-    size_t n = 0;
-    if (cap == 0)
-        return 0;
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        char esc[8];
-        size_t k;
-        if (ch == '"' || ch == '\\')
-            k = (size_t)snprintf(esc, sizeof esc, "\\%c", ch);
-        else if (ch < 0x20 || ch == 0x7f)
-            k = (size_t)snprintf(esc, sizeof esc, "\\u%04x", ch);
-        else
-            esc[0] = (char)ch, k = 1;
-        if (n + k >= cap)
-            break;
-        memcpy(dst + n, esc, k);
-        n += k;
-    }
-    dst[n] = '\0';
-    return n;
-}
-
-/* clang-format off */
-static const struct {
-    int status;
-    const char *reason;
-} reasons[] = {
-    {100, "Continue"}, {200, "OK"}, {201, "Created"}, {202, "Accepted"}, {204, "No Content"},
-    {400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"}, {404, "Not Found"},
-    {405, "Method Not Allowed"}, {408, "Request Timeout"}, {409, "Conflict"},
-    {411, "Length Required"}, {413, "Content Too Large"}, {414, "URI Too Long"},
-    {415, "Unsupported Media Type"}, {417, "Expectation Failed"},
-    {422, "Unprocessable Content"}, {424, "Failed Dependency"}, {429, "Too Many Requests"},
-    {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
-    {501, "Not Implemented"}, {503, "Service Unavailable"},
-    {505, "HTTP Version Not Supported"}, {507, "Insufficient Storage"},
-};
-/* clang-format on */
-
-static const char *status_reason(int status)
-{
-    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
-        if (reasons[i].status == status)
-            return reasons[i].reason;
-    return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
-}
-
-/* IMF-fixdate of now, cached per second (loop thread only). */
-static const char *http_date(void)
-{
-    static char date[40];
-    static time_t last = -1;
-    time_t now = time(NULL);
-    if (now != last) {
-        struct tm tm;
-        gmtime_r(&now, &tm);
-        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-        last = now;
-    }
-    return date;
-}
-
 /* ---- writing ------------------------------------------------------------------------- */
 
 typedef struct {
@@ -183,6 +69,24 @@ static void on_write(uv_write_t *req, int status)
     }
     if (c->state == CONN_FINISHING && c->n_writes == 0)
         conn_finish(c);
+}
+
+/* Bytes queued for the client: libuv's write queue, plus, for a streaming response, the
+ * kernel's send queue. The kernel autotunes that queue up to net.ipv4.tcp_wmem's max
+ * (4 MiB on Debian), so a stalled SSE reader would otherwise absorb a whole stream there
+ * and never be dropped. Complete responses go out in one write and are not charged for it:
+ * a healthy client that has not yet read one must not be dropped. */
+static size_t conn_queued_bytes(srv_conn_t *c)
+{
+    size_t n = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+#ifdef TIOCOUTQ
+    uv_os_fd_t fd;
+    int kernel = 0;
+    if (c->resp_streaming && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 &&
+        ioctl(fd, TIOCOUTQ, &kernel) == 0 && kernel > 0)
+        n += (size_t)kernel;
+#endif
+    return n;
 }
 
 /* Queue the n parts as one write (copied). Closes the connection when it cannot (out of
@@ -213,8 +117,7 @@ static void conn_sendv(srv_conn_t *c, const uv_buf_t *parts, size_t n)
     }
     c->n_writes++;
     c->resp_bytes += total;
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >
-        c->http->lim.max_write_buffer_bytes) {
+    if (conn_queued_bytes(c) > c->http->lim.max_write_buffer_bytes) {
         srv_log(SRV_LOG_WARN, "client does not read its response; dropping the connection");
         conn_close(c);
     }
@@ -230,20 +133,20 @@ void srv__conn_send(srv_conn_t *c, const char *a, size_t an, const char *b, size
 /* The status line and the headers every response carries. */
 static bool head_start(srv_conn_t *c, buf_t *h, int status, const char *content_type)
 {
-    bool ok = buf_printf(h, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: adapterd\r\n", status,
-                         status_reason(status), http_date());
+    bool ok = srv__buf_printf(h, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: adapterd\r\n", status,
+                              srv__status_reason(status), srv__http_date());
     if (ok && content_type) {
-        ok = BUF_LIT(h, "Content-Type: ");
+        ok = SRV_BUF_LIT(h, "Content-Type: ");
         for (const char *p = content_type; ok && *p; p++) /* never let CR/LF through */
             if (*p != '\r' && *p != '\n')
                 ok = srv__buf_add(h, p, 1);
-        ok = ok && BUF_LIT(h, "\r\n");
+        ok = ok && SRV_BUF_LIT(h, "\r\n");
     }
-    ok = ok && buf_printf(h, "X-Request-Id: %s\r\n", c->req.request_id);
+    ok = ok && srv__buf_printf(h, "X-Request-Id: %s\r\n", c->req.request_id);
     if (ok && !c->keep_alive)
-        ok = BUF_LIT(h, "Connection: close\r\n");
+        ok = SRV_BUF_LIT(h, "Connection: close\r\n");
     else if (ok && llhttp_get_http_minor(&c->parser) == 0)
-        ok = BUF_LIT(h, "Connection: keep-alive\r\n");
+        ok = SRV_BUF_LIT(h, "Connection: keep-alive\r\n");
     return ok;
 }
 
@@ -263,9 +166,9 @@ static void conn_send_error(srv_conn_t *c, int status, const char *code, const c
     c->keep_alive = false;
     buf_t h = {0};
     if (head_start(c, &h, status, "application/json") &&
-        buf_printf(&h, "Content-Length: %zu\r\n\r\n", body_len))
+        srv__buf_printf(&h, "Content-Length: %zu\r\n\r\n", body_len))
         srv__conn_send(c, h.p, h.len, body, body_len);
-    buf_free(&h);
+    srv__buf_free(&h);
 }
 
 /* The finished hook (metrics) and the access log line of one response. */
@@ -309,7 +212,7 @@ static void resp_reset(srv_conn_t *c)
     free(c->resp_ct);
     free(c->resp_extra);
     c->resp_ct = c->resp_extra = NULL;
-    buf_free(&c->resp_body);
+    srv__buf_free(&c->resp_body);
     c->resp_begun = c->resp_streaming = c->resp_chunked = false;
     c->resp_status = 0;
     c->resp_bytes = 0;
@@ -325,7 +228,8 @@ static void conn_request_start(srv_conn_t *c)
     uv_timer_stop(&c->timer);
     c->req_active = true;
     c->t_dispatch = uv_hrtime();
-    if (++c->n_requests >= h->lim.max_keepalive_requests || h->draining)
+    if (++c->n_requests >= h->lim.max_keepalive_requests || h->draining ||
+        uv_now(h->loop) - c->t_accept >= h->lim.max_connection_age_ms)
         c->keep_alive = false;
     c->job = NULL;
 }
@@ -418,15 +322,15 @@ static void resp_begin(srv_conn_t *c, const op_t *op)
         c->keep_alive = false;
     buf_t h = {0};
     bool ok = head_start(c, &h, op->status, op->content_type) &&
-              BUF_LIT(&h, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") &&
-              (!c->resp_chunked || BUF_LIT(&h, "Transfer-Encoding: chunked\r\n")) &&
+              SRV_BUF_LIT(&h, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") &&
+              (!c->resp_chunked || SRV_BUF_LIT(&h, "Transfer-Encoding: chunked\r\n")) &&
               (!c->resp_extra || srv__buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
-              BUF_LIT(&h, "\r\n");
+              SRV_BUF_LIT(&h, "\r\n");
     if (ok)
         srv__conn_send(c, h.p, h.len, NULL, 0);
     else
         conn_close(c);
-    buf_free(&h);
+    srv__buf_free(&h);
 }
 
 static void resp_write(srv_conn_t *c, const op_t *op)
@@ -474,15 +378,15 @@ static void resp_end(srv_conn_t *c)
     }
     buf_t h = {0};
     bool ok = head_start(c, &h, c->resp_status, c->resp_ct) &&
-              buf_printf(&h, "Content-Length: %zu\r\n", c->resp_body.len) &&
+              srv__buf_printf(&h, "Content-Length: %zu\r\n", c->resp_body.len) &&
               (!c->resp_extra || srv__buf_add(&h, c->resp_extra, strlen(c->resp_extra))) &&
-              BUF_LIT(&h, "\r\n");
+              SRV_BUF_LIT(&h, "\r\n");
     if (ok)
         srv__conn_send(c, h.p, h.len, c->is_head ? NULL : c->resp_body.p,
                        c->is_head ? 0 : c->resp_body.len);
     else
         conn_close(c);
-    buf_free(&h);
+    srv__buf_free(&h);
 }
 
 static void conn_free(srv_conn_t *c)
@@ -496,12 +400,12 @@ static void conn_free(srv_conn_t *c)
         c->next->prev = c->prev;
     h->n_conns--;
     srv__req_reset(&c->req);
-    buf_free(&c->req.url);
-    buf_free(&c->req.field);
-    buf_free(&c->req.value);
-    buf_free(&c->req.content_type);
-    buf_free(&c->req.authorization);
-    buf_free(&c->req.act_as);
+    srv__buf_free(&c->req.url);
+    srv__buf_free(&c->req.field);
+    srv__buf_free(&c->req.value);
+    srv__buf_free(&c->req.content_type);
+    srv__buf_free(&c->req.authorization);
+    srv__buf_free(&c->req.act_as);
     resp_reset(c);
     free(c->in);
     free(c);
@@ -781,6 +685,11 @@ void srv__conn_arm_timer(srv_conn_t *c)
     switch (c->state) {
     case CONN_IDLE: /* a fresh connection gets the head deadline for its first byte */
         ms = c->n_requests == 0 ? lim->header_timeout_ms : lim->idle_timeout_ms;
+        if (c->n_requests > 0) { /* ... a kept-alive one closes at its age limit at the latest */
+            uint64_t age = now - c->t_accept;
+            uint64_t left = age < lim->max_connection_age_ms ? lim->max_connection_age_ms - age : 1;
+            ms = left < ms ? left : ms;
+        }
         break;
     case CONN_HEAD:
         ms = c->head_start + lim->header_timeout_ms > now
@@ -874,6 +783,16 @@ static void reject_connection(srv_http_t *h)
     uv_close((uv_handle_t *)t, on_reject_closed);
 }
 
+/* A storm of refused connections logs one line per second, not one per connection. */
+static bool accept_warn_due(srv_http_t *h)
+{
+    uint64_t now = uv_now(h->loop);
+    if (h->last_accept_warn && now - h->last_accept_warn < 1000)
+        return false;
+    h->last_accept_warn = now;
+    return true;
+}
+
 static srv_conn_t *conn_new(srv_http_t *h)
 {
     srv_conn_t *c = calloc(1, sizeof *c);
@@ -888,6 +807,7 @@ static srv_conn_t *conn_new(srv_http_t *h)
     atomic_init(&c->sink_muted, false);
     c->scanning_head = true;
     c->state = CONN_IDLE;
+    c->t_accept = uv_now(h->loop);
     c->tcp.data = c->timer.data = c;
     c->next = h->conns;
     if (h->conns)
@@ -901,11 +821,14 @@ static void on_connection(uv_stream_t *server, int status)
 {
     srv_http_t *h = server->data;
     if (status < 0) {
-        srv_log(SRV_LOG_WARN, "accept: %s", uv_strerror(status));
+        if (accept_warn_due(h))
+            srv_log(SRV_LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
     if (h->n_conns >= (size_t)h->lim.max_connections) {
-        srv_log(SRV_LOG_WARN, "connection refused: %d connections open", h->lim.max_connections);
+        if (accept_warn_due(h))
+            srv_log(SRV_LOG_WARN, "connection refused: %d connections open (--max-connections)",
+                    h->lim.max_connections);
         reject_connection(h);
         return;
     }
@@ -926,23 +849,6 @@ static void on_connection(uv_stream_t *server, int status)
     conn_update_reading(c);
 }
 
-srv_http_limits_t srv_http_default_limits(void)
-{
-    return (srv_http_limits_t){
-        .max_body_bytes = 2000000,
-        .max_header_bytes = 16384,
-        .max_request_line_bytes = 8192,
-        .max_write_buffer_bytes = 4 << 20,
-        .max_headers = 100,
-        .max_connections = 1024,
-        .max_keepalive_requests = 1000,
-        .header_timeout_ms = 10000,
-        .body_timeout_ms = 10000,
-        .idle_timeout_ms = 75000,
-        .linger_ms = 2000,
-    };
-}
-
 rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limits,
                   const srv_handler_t *handler, srv_http_t **out, core_err_t *err)
 {
@@ -957,6 +863,7 @@ rc_t srv_http_new(uv_loop_t *loop, srv_hop_t *hop, const srv_http_limits_t *limi
     h->loop = loop;
     h->hop = hop;
     h->lim = *limits;
+    srv__limits_fit_nofile(&h->lim);
     h->handler = *handler;
     llhttp_settings_init(&h->settings);
     srv__http_settings(&h->settings);

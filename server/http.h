@@ -8,9 +8,11 @@
  *    also counts: request line > max_request_line_bytes -> 414, head > max_header_bytes or
  *    more than max_headers fields -> 431 (+ close).
  *  - Only HTTP/1.0 and 1.1: HTTP/0.9 (no version) -> 400, other versions -> 505. HTTP/1.1
- *    needs exactly one Host (400). Transfer-Encoding on a request -> 411 "Content-Length
+ *    needs exactly one Host (400); HTTP/1.0 may carry at most one. Transfer-Encoding on a
+ *    request: with Content-Length, or on HTTP/1.0 (RFC 9112 6.1: faulty framing) -> 400;
+ *    anything but one "chunked" -> 501 (nginx); exactly "chunked" -> 411 "Content-Length
  *    required": request bodies must have a Content-Length (the simplest framing that cannot
- *    be smuggled).
+ *    be smuggled), so chunked request bodies are never parsed.
  *  - Bodies: once a head passes these checks the handler's body_begin (if any) is called,
  *    once per request, and says how its body is read:
  *      WHOLE     (and every request when body_begin is NULL): buffered in memory;
@@ -33,6 +35,9 @@
  *  - Deadlines: the whole head within header_timeout_ms of its first byte (a fresh
  *    connection's first byte too) -> 408 + close; body reads at most body_timeout_ms apart
  *    -> 408 + close; keep-alive connections idle for idle_timeout_ms are closed silently.
+ *  - Keep-alive: the max_keepalive_requests-th request of a connection, and any request
+ *    that starts once the connection is max_connection_age_ms old (nginx keepalive_time),
+ *    is answered with Connection: close; an idle connection past that age is closed.
  *  - Pipelining: parsing pauses (llhttp_pause) while a request is being answered and
  *    resumes after its end(), so responses leave strictly in request order.
  *  - Responses: Content-Length for complete ones; streaming ones (sink begin with
@@ -46,7 +51,10 @@
  *  - End of input from the client (EOF, including a half-close) while a request is being
  *    answered counts as the client going away: its job is cancelled. Clients that
  *    half-close after sending a request do not get the rest of a pending response.
- *  - Connections over max_connections are accepted and closed at once (no response).
+ *  - Connections over max_connections are accepted and closed at once (no response), so
+ *    the backlog never fills and the loop never spins on a pending accept. srv_http_new
+ *    keeps max_connections + SRV_FD_RESERVE within RLIMIT_NOFILE: it raises the soft limit
+ *    (up to the hard one) or else lowers the cap, with a warning naming both.
  *
  * The sink handed to the handler is thread-safe: calls from any thread are copied into
  * messages posted to the hop and written on the loop thread, in order. A connection whose
@@ -65,6 +73,7 @@
 #include "server/server.h"
 
 #define SRV_REQUEST_ID_MAX 128
+#define SRV_FD_RESERVE 32 /* descriptors kept back from clients (Redis keeps 32 too) */
 
 typedef struct {
     size_t max_body_bytes; /* bodies read whole (streamed ones: body_begin's max_body) */
@@ -77,6 +86,7 @@ typedef struct {
     uint64_t header_timeout_ms;
     uint64_t body_timeout_ms;
     uint64_t idle_timeout_ms;
+    uint64_t max_connection_age_ms; /* keep-alive: no new request starts on an older one */
     uint64_t linger_ms; /* lingering close: how long to drain input after the last response */
 } srv_http_limits_t;
 

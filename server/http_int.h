@@ -1,5 +1,5 @@
-/* http_int.h - private to server/http.c and server/http_parse.c: the connection and
- * server structs, and the few helpers the two files share (prefix srv__).
+/* http_int.h - private to server/http.c, http_parse.c and http_util.c: the connection and
+ * server structs, and the few helpers the files share (prefix srv__).
  * Loop thread only. */
 #ifndef SERVER_HTTP_INT_H
 #define SERVER_HTTP_INT_H
@@ -44,11 +44,13 @@ typedef struct {
     buf_t url;
     buf_t field, value; /* the header being parsed; spans may arrive in pieces */
     buf_t content_type;
-    buf_t authorization; /* the Authorization header's value (one allowed) */
-    buf_t act_as;        /* X-Adapterd-Tenant's value (one allowed) */
+    buf_t authorization;      /* the Authorization header's value (one allowed) */
+    buf_t act_as;             /* X-Adapterd-Tenant's value (one allowed) */
     const char *path, *query; /* into url, set when the head is complete */
     char request_id[SRV_REQUEST_ID_MAX + 1];
     int n_host, n_content_type, n_authorization, n_act_as;
+    int n_te;        /* Transfer-Encoding fields */
+    bool te_chunked; /* the only one says exactly "chunked" */
     bool expect_continue;
     char *body;
     size_t body_len, body_cap;
@@ -71,6 +73,7 @@ struct srv_conn {
     bool keep_alive; /* for the current request */
     bool is_head;    /* HEAD request: the response has no body */
     int n_requests;
+    uint64_t t_accept;   /* uv_now at accept: the keep-alive age */
     uint64_t head_start; /* uv_now when the current head's first byte arrived */
     uint64_t t_dispatch; /* uv_hrtime at dispatch, for the access log */
     uint64_t t_head;     /* uv_hrtime at the head's first byte: end-to-end duration */
@@ -111,14 +114,26 @@ struct srv_http {
     bool listening, listener_closed, draining;
     srv_conn_t *conns; /* every allocated connection */
     size_t n_conns;
+    uint64_t last_accept_warn; /* uv_now of the last accept/cap warning (one per second) */
     uint64_t id_seed, id_counter;
 };
 
 typedef enum { SCAN_MORE, SCAN_END, SCAN_ERROR } scan_rc_t;
 
-/* http.c */
+/* http_util.c */
 bool srv__buf_add(buf_t *b, const void *data, size_t n);
+/* Appends one short formatted line (< 512 bytes; longer ones fail). */
+bool srv__buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define SRV_BUF_LIT(b, lit) srv__buf_add(b, lit, sizeof(lit) - 1)
 void srv__buf_clear(buf_t *b);
+void srv__buf_free(buf_t *b);
+const char *srv__status_reason(int status);
+const char *srv__http_date(void); /* IMF-fixdate of now */
+/* Lower lim->max_connections (with a warning) when RLIMIT_NOFILE, raised as far as the
+ * hard limit allows, cannot hold it plus SRV_FD_RESERVE. */
+void srv__limits_fit_nofile(srv_http_limits_t *lim);
+
+/* http.c */
 void srv__conn_arm_timer(srv_conn_t *c);
 void srv__conn_send(srv_conn_t *c, const char *a, size_t an, const char *b, size_t bn);
 void srv__request_id_sanitize(char *dst, const char *src, size_t len);

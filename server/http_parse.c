@@ -167,7 +167,8 @@ void srv__req_reset(req_t *r)
     srv__buf_clear(&r->act_as);
     r->path = r->query = NULL;
     r->request_id[0] = '\0';
-    r->n_host = r->n_content_type = r->n_authorization = r->n_act_as = 0;
+    r->n_host = r->n_content_type = r->n_authorization = r->n_act_as = r->n_te = 0;
+    r->te_chunked = false;
     r->expect_continue = false;
     free(r->body);
     r->body = NULL;
@@ -213,6 +214,8 @@ static int on_header_value_complete(llhttp_t *p)
     int rc = 0;
     if (field_is(&r->field, "host")) {
         r->n_host++;
+    } else if (field_is(&r->field, "transfer-encoding")) {
+        r->te_chunked = ++r->n_te == 1 && strcasecmp(v, "chunked") == 0;
     } else if (field_is(&r->field, "content-type")) {
         if (++r->n_content_type > 1)
             rc = refuse(c, 400, "bad_request", "duplicate Content-Type header");
@@ -270,6 +273,21 @@ static int url_split(srv_conn_t *c)
     return 0;
 }
 
+/* Transfer-Encoding on a request is never parsed (llhttp 8.1.0 accepts chunk data without
+ * CRLF and Content-Length in trailers): the message framing decides the status. */
+static int check_transfer_encoding(srv_conn_t *c, llhttp_t *p)
+{
+    if (p->flags & F_CONTENT_LENGTH) /* RFC 9112 6.1: a smuggling attempt, never a body */
+        return refuse(c, 400, "bad_request", "Content-Length together with Transfer-Encoding");
+    if (p->http_minor == 0) /* RFC 9112 6.1: faulty framing in HTTP/1.0 */
+        return refuse(c, 400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request");
+    if (!c->req.te_chunked || c->req.n_te != 1)
+        return refuse(c, 501, "not_implemented",
+                      "unsupported Transfer-Encoding (only a single 'chunked' is known)");
+    return refuse(c, 411, "length_required",
+                  "Content-Length required: Transfer-Encoding is not accepted on requests");
+}
+
 static int check_head(srv_conn_t *c, llhttp_t *p)
 {
     if (p->http_major == 0)
@@ -280,9 +298,8 @@ static int check_head(srv_conn_t *c, llhttp_t *p)
         return refuse(c, 400, "bad_request", "more than one Host header");
     if (p->http_minor == 1 && c->req.n_host == 0)
         return refuse(c, 400, "bad_request", "HTTP/1.1 requests need a Host header");
-    if (p->flags & F_TRANSFER_ENCODING)
-        return refuse(c, 411, "length_required",
-                      "Content-Length required: Transfer-Encoding is not accepted on requests");
+    if (c->req.n_te > 0 || (p->flags & F_TRANSFER_ENCODING))
+        return check_transfer_encoding(c, p);
     return url_split(c);
 }
 

@@ -606,6 +606,7 @@ static srv_http_limits_t limits_of(const srv_config_t *cfg)
     lim.header_timeout_ms = (uint64_t)cfg->header_timeout_ms;
     lim.body_timeout_ms = (uint64_t)cfg->body_timeout_ms;
     lim.idle_timeout_ms = (uint64_t)cfg->idle_timeout_ms;
+    lim.max_connection_age_ms = (uint64_t)cfg->max_connection_age_ms;
     return lim;
 }
 

@@ -88,6 +88,28 @@ static void ops_probe_fill(const core_lora_t *l, uint64_t size, store_adapter_t 
     p->mem_bytes = (int64_t)l->n_bytes;
 }
 
+/* The f32 bytes the adapter's tensors declare (what the engine layout will hold): an
+ * adapter that could never fit the cache is refused from its header, before any weight
+ * is converted (RELIABILITY F14). */
+static rc_t ops_declared_fits(store_t *s, const core_st_t *st, core_err_t *err)
+{
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < core_st_count(st); i++) {
+        uint64_t n = (uint64_t)core_st_at(st, i)->n_elems;
+        if (n > (UINT64_MAX - bytes) / sizeof(float)) {
+            bytes = UINT64_MAX;
+            break;
+        }
+        bytes += n * sizeof(float);
+    }
+    if (bytes <= s->p.cache_budget_bytes)
+        return RC_OK;
+    return core_err_r(err, RC_LIMIT, "exceeds_cache",
+                      "the adapter declares %llu bytes of weights in memory, more than the whole "
+                      "adapter cache (--adapter-cache-bytes %llu)",
+                      (unsigned long long)bytes, (unsigned long long)s->p.cache_budget_bytes);
+}
+
 /* Parse config text + weights image and validate them against the base. */
 static rc_t ops_parse(store_t *s, const uint8_t *cfg, size_t cfg_len, const uint8_t *wts,
                       size_t wts_len, core_lora_t **out, core_err_t *err)
@@ -95,7 +117,11 @@ static rc_t ops_parse(store_t *s, const uint8_t *cfg, size_t cfg_len, const uint
     core_st_t *st = NULL;
     if (memchr(cfg, 0, cfg_len))
         return core_err(err, RC_FORMAT, "adapter_config.json contains a NUL byte");
-    rc_t rc = core_st_parse(wts, wts_len, "adapter_model.safetensors", &st, err);
+    /* capped by the base: header bloat is refused before a tensor table exists (F8) */
+    core_st_params_t sp = core_lora_st_params(&s->p.base->cfg);
+    rc_t rc = core_st_parse_ex(wts, wts_len, "adapter_model.safetensors", &sp, &st, err);
+    if (rc == RC_OK)
+        rc = ops_declared_fits(s, st, err);
     if (rc == RC_OK)
         rc = core_lora_from_parts((const char *)cfg, st, &s->p.base->cfg, out, err);
     core_st_free(st); /* the weights were copied to f32 */
@@ -167,7 +193,8 @@ static rc_t ops_verify_parse(store_t *s, const store_adapter_t *row, const uint8
     if (threaded)
         pthread_join(th, NULL);
     if (strcmp(chex, row->config_sha256) != 0 || strcmp(h.hex, row->sha256) != 0) {
-        rc = core_err(err, RC_MISMATCH, "stored bytes do not match their sha256 (%s %s)",
+        rc = core_err_r(err, RC_MISMATCH, "hash_mismatch",
+                        "stored bytes do not match their sha256 (%s %s)",
                       strcmp(h.hex, row->sha256) ? "weights" : "config",
                       strcmp(h.hex, row->sha256) ? h.hex : chex);
     }
@@ -434,7 +461,7 @@ static rc_t ops_install(ops_task_t *o, core_err_t *err)
     if (rc == RC_OK)
         rc = ops_validate(o, &probe, err);
     if (rc == RC_OK && (uint64_t)probe.mem_bytes > s->p.cache_budget_bytes)
-        rc = core_err(err, RC_LIMIT,
+        rc = core_err_r(err, RC_LIMIT, "exceeds_cache",
                       "the adapter needs %lld bytes in memory, more than the whole adapter "
                       "cache (--adapter-cache-bytes %llu)",
                       (long long)probe.mem_bytes, (unsigned long long)s->p.cache_budget_bytes);

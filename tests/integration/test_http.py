@@ -221,7 +221,7 @@ def test_framing_errors(d):
 def test_transfer_encoding_refused(d):
     expect_error(d, b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
                     b"\r\n5\r\nhello\r\n0\r\n\r\n", 411, "length_required")
-    expect_error(d, b"POST /v1/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 411)
+    expect_error(d, b"POST /v1/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400)
 
 
 def test_no_parse_after_error(d):

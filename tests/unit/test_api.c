@@ -498,7 +498,8 @@ TEST(adapter_changed_on_disk_503)
     api_params_t p = {.model = &f.model, .tok = f.tok, .store = f.store, .model_name = "tiny"};
     f.api = api_new(&p);
     expect_error(&f, "POST", "/v1/completions", "{\"model\": \"alpha\", \"prompt\": \"hi\"}", 503,
-                 "adapter_unavailable", "adapter alpha@1 is broken: stored bytes do not match");
+                 "adapter_unavailable",
+                 "adapter alpha@1 is broken: hash_mismatch: stored bytes do not match");
     /* Known broken now: the second request is refused the same way without a new load. */
     expect_error(&f, "POST", "/v1/completions", "{\"model\": \"alpha\", \"prompt\": \"hi\"}", 503,
                  "adapter_unavailable", "is broken");

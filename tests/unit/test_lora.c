@@ -152,7 +152,47 @@ static core_lora_t *load_ok(const char *name, const char *config, fx_t *f)
     return l;
 }
 
-/* Refused with want; the message holds w1 (and w2 if given). */
+/* The machine-readable reason (core/rc.h CORE_REASON_MAP) each refusal case below must
+ * carry, by case name: clients match on these, so they are pinned here. */
+static const struct {
+    const char *name, *reason;
+} want_reasons[] = {
+    {"fifo", "unsupported_feature"},      {"shape_rank", "shape_mismatch"},
+    {"shape_out", "shape_mismatch"},      {"shape_in", "shape_mismatch"},
+    {"not_target", "unbound_tensor"},     {"k_lora_c", "unbound_tensor"},
+    {"k_other", "unbound_tensor"},        {"k_zero_pad", "unbound_tensor"},
+    {"k_wrong_parent", "unbound_tensor"}, {"k_double_prefix", "unbound_tensor"},
+    {"k_suffix", "unbound_tensor"},       {"k_embed", "unsupported_feature"},
+    {"k_dora", "unsupported_feature"},    {"k_lm_head", "unsupported_feature"},
+    {"k_bias", "unsupported_feature"},    {"k_layer2", "layer_out_of_range"},
+    {"k_layer_huge", "layer_out_of_range"}, {"dup_bind", "duplicate_binding"},
+    {"nan", "non_finite"},                {"inf16", "non_finite"},
+    {"badbf16", "non_finite"},            {"missing_b", "missing_pair"},
+    {"missing_a", "missing_pair"},        {"ia3", "unknown_peft_type"},
+    {"i32", "bad_dtype"},                 {"empty", "no_tensors"},
+    {"c_no_r", "missing_field"},          {"c_no_alpha", "missing_field"},
+    {"c_no_targets", "missing_field"},    {"c_no_type", "missing_field"},
+    {"c_r0", "duplicate_key"},            {"c_r_zero", "invalid_rank"},
+    {"c_r_neg", "invalid_rank"},          {"c_r_big", "invalid_rank"},
+    {"c_r_1024", "invalid_rank"},         {"c_r_str", "invalid_rank"},
+    {"c_r_frac", "invalid_rank"},         {"c_alpha0", "invalid_alpha"},
+    {"c_alpha_f32_inf", "invalid_alpha"}, {"c_alpha_huge", "invalid_config"},
+    {"c_alpha_nan", "invalid_config"},    {"c_dora", "unsupported_feature"},
+    {"c_mts", "unsupported_feature"},     {"c_bias", "unsupported_feature"},
+    {"c_lora_bias", "unsupported_feature"}, {"c_replication", "unsupported_feature"},
+    {"c_pissa", "unsupported_feature"},   {"c_loftq", "unsupported_feature"},
+    {"c_alora", "unsupported_feature"},   {"c_rslora_str", "invalid_config"},
+    {"c_bad_rank_pattern", "invalid_config"}, {"c_rank_pattern_val", "invalid_rank"},
+    {"c_alpha_pattern_val", "invalid_alpha"}, {"c_py_escape", "invalid_config"},
+    {"c_py_group", "invalid_config"},     {"c_not_object", "invalid_config"},
+    {"c_re_stacked", "invalid_config"},   {"c_re_bound", "invalid_config"},
+    {"c_re_nested", "invalid_config"},
+    {"c_not_json", "invalid_config"},     {"c_type_num", "invalid_config"},
+    {"c_unknown_target", "unknown_module"}, {"c_dup_nested", "duplicate_key"},
+};
+
+/* Refused with want; the message holds w1 (and w2 if given) and starts with a reason
+ * (the one pinned in want_reasons when the case is listed there). */
 static void load_fails(const char *name, const char *config, fx_t *f, rc_t want, const char *w1,
                        const char *w2)
 {
@@ -167,6 +207,13 @@ static void load_fails(const char *name, const char *config, fx_t *f, rc_t want,
     ASSERT(l == NULL);
     if ((w1 && !strstr(e.msg, w1)) || (w2 && !strstr(e.msg, w2)))
         HARNESS_FAIL("%s: message lacks '%s'/'%s': %s", name, w1, w2 ? w2 : "", e.msg);
+    const char *got = core_err_reason(&e);
+    if (!got[0])
+        HARNESS_FAIL("%s: refusal without a reason: %s", name, e.msg);
+    for (size_t i = 0; i < sizeof want_reasons / sizeof want_reasons[0]; i++)
+        if (strcmp(want_reasons[i].name, name) == 0 && strcmp(want_reasons[i].reason, got) != 0)
+            HARNESS_FAIL("%s: reason '%s', want '%s': %s", name, got, want_reasons[i].reason,
+                         e.msg);
 }
 
 static void expect_values(const float *got, size_t n, int seed)
@@ -617,8 +664,38 @@ TEST(config_fields_refused)
          "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":2,"
          "\"target_modules\":\"(?:.*\\\\.q_proj)\"}",
          RC_INVALID, "Python-only"},
+        /* regcomp blow-ups found by fuzz_lora_config: refused before regcomp runs */
+        {"c_re_stacked",
+         "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":2,\"target_modules\":[\"q_proj\"],"
+         "\"alpha_pattern\":{\"f++++++++++++++++++++++++\":4}}",
+         RC_INVALID, "too complex"},
+        {"c_re_bound",
+         "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":2,\"target_modules\":[\"q_proj\"],"
+         "\"rank_pattern\":{\"(a{16}){16}b{2}\":4}}",
+         RC_INVALID, "too complex"},
+        {"c_re_nested",
+         "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":2,"
+         "\"target_modules\":\"(((((((((q_proj)+)+)+)+)+)+)+)+)+\"}",
+         RC_INVALID, "too complex"},
         {"c_not_object", "[1,2]", RC_INVALID, "object"},
         {"c_not_json", "{\"peft_type\":", RC_FORMAT, "adapter_config.json"},
+        /* vLLM's largest max_lora_rank is 512 */
+        {"c_r_1024",
+         "{\"peft_type\":\"LORA\",\"r\":1024,\"lora_alpha\":16,\"target_modules\":[\"q_proj\"]}",
+         RC_INVALID, "greater than 512"},
+        {"c_alpha_nan",
+         "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":NaN,\"target_modules\":[\"q_proj\"]}",
+         RC_FORMAT, "adapter_config.json"},
+        {"c_type_num", "{\"peft_type\":7,\"r\":2,\"lora_alpha\":2,\"target_modules\":[\"q_proj\"]}",
+         RC_INVALID, "peft_type"},
+        {"c_unknown_target",
+         "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":2,\"target_modules\":[\"q_proj\","
+         "\"to_out.0\"]}",
+         RC_MISMATCH, "to_out.0"},
+        {"c_dup_nested",
+         "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":2,\"target_modules\":[\"q_proj\"],"
+         "\"rank_pattern\":{\"q_proj\":2,\"q_proj\":4}}",
+         RC_FORMAT, "duplicate"},
     };
     fx_t f = {0};
     fx_pair(&f, 0, CORE_MOD_Q, 2);
@@ -659,6 +736,74 @@ TEST(from_parts_and_too_many_tensors)
     core_lora_t *l = NULL;
     ASSERT_RC(core_lora_from_parts(CFG(""), st, &b, &l, e), RC_MISMATCH, e);
     ASSERT(strstr(e->msg, "29 tensors") && l == NULL);
+    ASSERT_STREQ(core_err_reason(e), "too_many_tensors");
+    core_st_free(st);
+    fx_free(&f);
+}
+
+/* The reader caps an adapter's file by the base: more tensors than the base has LoRA
+ * weights is refused by the reader (before the table is built), with its reason. */
+TEST(adapter_reader_caps)
+{
+    core_config_t b = base();
+    core_st_params_t p = core_lora_st_params(&b);
+    ASSERT_EQ(p.max_tensors, (size_t)2 * 2 * CORE_MOD__COUNT);
+    ASSERT_EQ(p.max_header, (uint64_t)CORE_LORA_MAX_HEADER);
+    fx_t f = {0};
+    for (int i = 0; i < 29; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "t%d", i);
+        fx_add(&f, k, "F32", 1, 1, i);
+    }
+    const char *dir = fx_write("many_dir", CFG(""), &f);
+    core_lora_t *l = NULL;
+    core_err_t eb, *e = &eb;
+    ASSERT_RC(core_lora_load(dir, &b, &l, e), RC_LIMIT, e);
+    ASSERT_STREQ(core_err_reason(e), "too_many_tensors");
+    ASSERT(l == NULL);
+    fx_free(&f);
+}
+
+/* base_model_name_or_path: informational by default; checked by last path component
+ * when the caller names the served base. */
+TEST(base_model_name_check)
+{
+    fx_t f = {0};
+    fx_qv(&f, 2);
+    fx_write("base_name", CFG(""), &f); /* config says "tiny" */
+    core_st_t *st = NULL;
+    core_err_t eb, *e = &eb;
+    ASSERT_RC(core_st_open_file(DIR_L "/base_name/adapter_model.safetensors", &st, e), RC_OK, e);
+    core_config_t b = base();
+    core_lora_t *l = NULL;
+    core_lora_params_t p = core_lora_default_params();
+    ASSERT(p.base_name == NULL);
+    ASSERT_RC(core_lora_from_parts_ex(CFG(""), st, &b, &p, &l, e), RC_OK, e);
+    core_lora_release(l);
+    static const char *const same[] = {"tiny", "/models/TINY", "org/tiny/", ""};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        p.base_name = same[i];
+        ASSERT_RC(core_lora_from_parts_ex(CFG(""), st, &b, &p, &l, e), RC_OK, e);
+        core_lora_release(l);
+    }
+    p.base_name = "/models/other-model";
+    ASSERT_RC(core_lora_from_parts_ex(CFG(""), st, &b, &p, &l, e), RC_MISMATCH, e);
+    ASSERT_STREQ(core_err_reason(e), "base_model_mismatch");
+    ASSERT(strstr(e->msg, "other-model") && l == NULL);
+    p.base_name = "tinyx";
+    ASSERT_RC(core_lora_from_parts_ex(CFG(""), st, &b, &p, &l, e), RC_MISMATCH, e);
+    /* a config without the field, or with an empty one, has nothing to check */
+    ASSERT_RC(core_lora_from_parts_ex("{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":16,"
+                                      "\"target_modules\":[\"q_proj\",\"v_proj\"]}",
+                                      st, &b, &p, &l, e),
+              RC_OK, e);
+    core_lora_release(l);
+    ASSERT_RC(core_lora_from_parts_ex("{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":16,"
+                                      "\"target_modules\":[\"q_proj\",\"v_proj\"],"
+                                      "\"base_model_name_or_path\":7}",
+                                      st, &b, &p, &l, e),
+              RC_INVALID, e);
+    ASSERT_STREQ(core_err_reason(e), "invalid_config");
     core_st_free(st);
     fx_free(&f);
 }

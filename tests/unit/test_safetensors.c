@@ -40,14 +40,17 @@ static rc_t open_raw(const char *name, const char *header, const void *data, siz
     return rc;
 }
 
-/* Refused with want; the message names the file and, if given, the word. */
-static void refused(const char *name, const char *header, const void *data, size_t n, rc_t want,
-                    const char *word)
+/* Refused with want and the machine-readable reason; the message names the file and, if
+ * given, the word. */
+static void refused(const char *name, const char *reason, const char *header, const void *data,
+                    size_t n, rc_t want, const char *word)
 {
     core_err_t eb, *e = &eb;
     rc_t rc = open_raw(name, header, data, n, e);
     if (rc != want)
         HARNESS_FAIL("%s: rc %d (%s), want %d", name, rc, e->msg, want);
+    if (strcmp(core_err_reason(e), reason) != 0)
+        HARNESS_FAIL("%s: reason '%s', want '%s': %s", name, core_err_reason(e), reason, e->msg);
     if (!strstr(e->msg, name))
         HARNESS_FAIL("%s: message does not name the file: %s", name, e->msg);
     if (word && !strstr(e->msg, word))
@@ -388,20 +391,20 @@ TEST(f1_header_length)
 
 TEST(f2_header_text)
 {
-    refused("f2_start", "[" T1 "]", zeros, 4, RC_FORMAT, "start");
+    refused("f2_start", "invalid_header_start", "[" T1 "]", zeros, 4, RC_FORMAT, "start");
     /* leading whitespace: refused, as the reference validator does */
-    refused("f2_leading_ws", " " T1, zeros, 4, RC_FORMAT, "start");
+    refused("f2_leading_ws", "invalid_header_start", " " T1, zeros, 4, RC_FORMAT, "start");
     accepted("f2_trailing_spaces", T1 "    ", zeros, 4);
     accepted("f2_trailing_tab", T1 " \t", zeros, 4);
-    refused("f2_utf8", "{\"t\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+    refused("f2_utf8", "invalid_header", "{\"t\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "JSON");
-    refused("f2_notjson", "{not json}", zeros, 0, RC_FORMAT, "JSON");
-    refused("f2_garbage", T1 "x", zeros, 4, RC_FORMAT, "JSON");
-    refused("f2_entry_array", "{\"t\":[1,2]}", zeros, 0, RC_FORMAT, "'t'");
-    refused("f2_unknown_field",
+    refused("f2_notjson", "invalid_header", "{not json}", zeros, 0, RC_FORMAT, "JSON");
+    refused("f2_garbage", "invalid_header", T1 "x", zeros, 4, RC_FORMAT, "JSON");
+    refused("f2_entry_array", "tensor_invalid_info", "{\"t\":[1,2]}", zeros, 0, RC_FORMAT, "'t'");
+    refused("f2_unknown_field", "tensor_invalid_info",
             "{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":1}}", zeros, 4,
             RC_FORMAT, "'x'");
-    refused("f2_no_dtype", "{\"t\":{\"shape\":[1],\"data_offsets\":[0,4]}}", zeros, 4, RC_FORMAT,
+    refused("f2_no_dtype", "bad_dtype", "{\"t\":{\"shape\":[1],\"data_offsets\":[0,4]}}", zeros, 4, RC_FORMAT,
             "dtype");
     /* depth 3000 */
     size_t depth = 3000;
@@ -415,7 +418,7 @@ TEST(f2_header_text)
         deep[n++] = ']';
     deep[n++] = '}';
     deep[n] = 0;
-    refused("f2_deep", deep, NULL, 0, RC_FORMAT, "depth");
+    refused("f2_deep", "invalid_header", deep, NULL, 0, RC_FORMAT, "nests");
     free(deep);
 }
 
@@ -423,18 +426,18 @@ TEST(f2_header_text)
 
 TEST(f3_duplicates)
 {
-    refused("f3_same",
+    refused("f3_same", "duplicate_key",
             "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
             "\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "duplicate");
     /* the xz.aliyun polyglot: U8[4] and F32[1] over the same 4 bytes */
-    refused("f3_u8_f32",
+    refused("f3_u8_f32", "duplicate_key",
             "{\"w\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
             "\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "duplicate");
-    refused("f3_meta", "{\"__metadata__\":{\"a\":\"1\"},\"__metadata__\":{\"a\":\"2\"}}", NULL, 0,
+    refused("f3_meta", "duplicate_key", "{\"__metadata__\":{\"a\":\"1\"},\"__metadata__\":{\"a\":\"2\"}}", NULL, 0,
             RC_FORMAT, "duplicate");
-    refused("f3_meta_key", "{\"__metadata__\":{\"a\":\"1\",\"a\":\"2\"}}", NULL, 0, RC_FORMAT,
+    refused("f3_meta_key", "duplicate_key", "{\"__metadata__\":{\"a\":\"1\",\"a\":\"2\"}}", NULL, 0, RC_FORMAT,
             "duplicate");
 }
 
@@ -446,22 +449,22 @@ TEST(f3_duplicates)
 
 TEST(f4_offsets)
 {
-    refused("f4_gap", E2("[0,4]", "[8,12]"), zeros, 12, RC_FORMAT, "'b'");
-    refused("f4_overlap",
+    refused("f4_gap", "invalid_offset", E2("[0,4]", "[8,12]"), zeros, 12, RC_FORMAT, "'b'");
+    refused("f4_overlap", "invalid_offset",
             "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
             "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
             zeros, 12, RC_FORMAT, "'b'");
-    refused("f4_out_of_file", E2("[0,4]", "[4,8]"), zeros, 4, RC_FORMAT, "cover");
-    refused("f4_end_lt_begin", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,0]}}",
+    refused("f4_out_of_file", "invalid_offset", E2("[0,4]", "[4,8]"), zeros, 4, RC_FORMAT, "past");
+    refused("f4_end_lt_begin", "invalid_offset", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,0]}}",
             zeros, 4, RC_FORMAT, "'a'");
-    refused("f4_negative", E2("[0,4]", "[-4,0]"), zeros, 8, RC_FORMAT, "'b'");
-    refused("f4_float", E2("[0,4]", "[4.0,8]"), zeros, 8, RC_FORMAT, "'b'");
-    refused("f4_huge", E2("[0,4]", "[4,9223372036854775808]"), zeros, 8, RC_FORMAT, "JSON");
-    refused("f4_wrap",
+    refused("f4_negative", "invalid_offset", E2("[0,4]", "[-4,0]"), zeros, 8, RC_FORMAT, "'b'");
+    refused("f4_float", "invalid_offset", E2("[0,4]", "[4.0,8]"), zeros, 8, RC_FORMAT, "'b'");
+    refused("f4_huge", "invalid_offset", E2("[0,4]", "[4,9223372036854775808]"), zeros, 8, RC_FORMAT, "JSON");
+    refused("f4_wrap", "invalid_offset",
             "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":"
             "[9223372036854775807,3]}}",
             zeros, 4, RC_FORMAT, "'a'");
-    refused("f4_short_arr", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", zeros,
+    refused("f4_short_arr", "invalid_offset", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", zeros,
             4, RC_FORMAT, "'a'");
     /* unsorted but contiguous: accepted after sorting */
     accepted("f4_unsorted", E2("[4,8]", "[0,4]"), zeros, 8);
@@ -495,31 +498,31 @@ TEST(f4_unsorted_data_pointers)
 
 TEST(f5_shape_dtype)
 {
-    refused("f5_i32_short", "{\"t\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,4]}}",
+    refused("f5_i32_short", "tensor_invalid_info", "{\"t\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "'t'");
-    refused("f5_wrap",
+    refused("f5_wrap", "validation_overflow",
             "{\"t\":{\"dtype\":\"F32\",\"shape\":[4194305,4194305,211106198978564],"
             "\"data_offsets\":[0,16]}}",
             zeros, 16, RC_FORMAT, "overflow");
-    refused("f5_2x_max",
+    refused("f5_2x_max", "validation_overflow",
             "{\"t\":{\"dtype\":\"U8\",\"shape\":[2,9223372036854775807],\"data_offsets\":[0,16]}}",
             zeros, 16, RC_FORMAT, "overflow");
-    refused("f5_bits_overflow",
+    refused("f5_bits_overflow", "validation_overflow",
             "{\"t\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904],\"data_offsets\":[0,16]}}",
             zeros, 16, RC_FORMAT, "overflow");
-    refused("f5_f4_odd", "{\"t\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}", zeros,
+    refused("f5_f4_odd", "misaligned", "{\"t\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}", zeros,
             1, RC_FORMAT, "whole number of bytes");
     accepted("f5_f4_even", "{\"t\":{\"dtype\":\"F4\",\"shape\":[4],\"data_offsets\":[0,2]}}", zeros,
              2);
-    refused("f5_f128", "{\"t\":{\"dtype\":\"F128\",\"shape\":[1],\"data_offsets\":[0,16]}}", zeros,
+    refused("f5_f128", "bad_dtype", "{\"t\":{\"dtype\":\"F128\",\"shape\":[1],\"data_offsets\":[0,16]}}", zeros,
             16, RC_FORMAT, "F128");
-    refused("f5_neg_dim", "{\"t\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}",
+    refused("f5_neg_dim", "tensor_invalid_info", "{\"t\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "shape");
-    refused("f5_frac_dim", "{\"t\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}",
+    refused("f5_frac_dim", "tensor_invalid_info", "{\"t\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "shape");
-    refused("f5_str_dim", "{\"t\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}",
+    refused("f5_str_dim", "tensor_invalid_info", "{\"t\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "shape");
-    refused("f5_nine_dims",
+    refused("f5_nine_dims", "tensor_invalid_info",
             "{\"t\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}",
             zeros, 4, RC_FORMAT, "dimensions");
 }
@@ -528,23 +531,23 @@ TEST(f5_shape_dtype)
 
 TEST(f6_trailing_bytes)
 {
-    refused("f6_polyglot", T1, "\0\0\0\0PK\x03\x04", 8, RC_FORMAT, "trailing");
-    refused("f6_one_extra", "{}", zeros, 1, RC_FORMAT, "trailing");
+    refused("f6_polyglot", "metadata_incomplete_buffer", T1, "\0\0\0\0PK\x03\x04", 8, RC_FORMAT, "trailing");
+    refused("f6_one_extra", "metadata_incomplete_buffer", "{}", zeros, 1, RC_FORMAT, "trailing");
 }
 
 /* ---- F7: metadata ------------------------------------------------------------------ */
 
 TEST(f7_metadata)
 {
-    refused("f7_nonstring", "{\"__metadata__\":{\"n\":1}}", NULL, 0, RC_FORMAT, "'n'");
-    refused("f7_notobject", "{\"__metadata__\":[\"a\"]}", NULL, 0, RC_FORMAT, "__metadata__");
+    refused("f7_nonstring", "bad_metadata", "{\"__metadata__\":{\"n\":1}}", NULL, 0, RC_FORMAT, "'n'");
+    refused("f7_notobject", "bad_metadata", "{\"__metadata__\":[\"a\"]}", NULL, 0, RC_FORMAT, "__metadata__");
     size_t big = 10u * 1000u * 1000u;
     char *h = malloc(big + 64);
     ASSERT(h != NULL);
     int n = sprintf(h, "{\"__metadata__\":{\"chat_template\":\"");
     memset(h + n, 'x', big);
     strcpy(h + n + big, "\"}}");
-    refused("f7_huge", h, NULL, 0, RC_LIMIT, "chat_template");
+    refused("f7_huge", "metadata_too_large", h, NULL, 0, RC_LIMIT, "chat_template");
     free(h);
     /* a template is inert text: accepted and never evaluated */
     accepted("f7_template", "{\"__metadata__\":{\"chat_template\":\"{{ 7*7 }}{% raw %}\"}}", NULL,
@@ -584,6 +587,140 @@ TEST(f8_too_many_tensors)
     ASSERT(ms < 5000); /* loose: ASan builds are slow; the release figure is reported */
     free(h);
     free(data);
+}
+
+/* ---- reasons, caps and the reference's edge cases ----------------------------------- */
+
+TEST(f1_reasons)
+{
+    core_err_t eb, *e = &eb;
+    core_st_t *st = NULL;
+    static const struct {
+        const char *name;
+        uint64_t n;
+        const char *header;
+        const char *reason;
+    } cases[] = {
+        {"f1r_zero", 0, "", "invalid_header_start"}, /* "" does not start with '{' */
+        {"f1r_max", UINT64_MAX, "{}", "header_too_large"},
+        {"f1r_100m1", 100000001ull, "{}", "header_too_large"},
+        {"f1r_beyond", 3, "{}", "invalid_header_length"},
+    };
+    st_dir();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *h = cases[i].header;
+        ASSERT_EQ(stw_write_raw_n(st_path(cases[i].name), cases[i].n, h, strlen(h), NULL, 0), 0);
+        ASSERT(core_st_open_file(st_path(cases[i].name), &st, e) != RC_OK);
+        if (strcmp(core_err_reason(e), cases[i].reason) != 0)
+            HARNESS_FAIL("%s: reason '%s', want '%s': %s", cases[i].name, core_err_reason(e),
+                         cases[i].reason, e->msg);
+    }
+    ASSERT_EQ(stw_write_bytes(st_path("f1r_short"), "\x02\0\0\0", 4), 0);
+    ASSERT(core_st_open_file(st_path("f1r_short"), &st, e) == RC_FORMAT);
+    ASSERT_STREQ(core_err_reason(e), "header_too_small");
+}
+
+TEST(reason_prefix_only_known_names)
+{
+    core_err_t e;
+    core_err(&e, RC_FORMAT, "adapter_config.json: r missing");
+    ASSERT_STREQ(core_err_reason(&e), "");
+    core_err(&e, RC_FORMAT, "not_a_reason: x");
+    ASSERT_STREQ(core_err_reason(&e), "");
+    ASSERT_EQ(core_err_r(&e, RC_LIMIT, "too_many_tensors", "%d", 7), RC_LIMIT);
+    ASSERT_STREQ(e.msg, "too_many_tensors: 7");
+    ASSERT_STREQ(core_err_reason(&e), "too_many_tensors");
+    ASSERT_STREQ(core_err_reason(NULL), "");
+}
+
+/* Zero-size tensors: anywhere in the chain, even two at one offset or at the very end,
+ * since they read no bytes (the reference accepts them; huntr F002). */
+TEST(f4_zero_size_rules)
+{
+    accepted("f4z_two_same",
+             "{\"z1\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},"
+             "\"z2\":{\"dtype\":\"F32\",\"shape\":[3,0],\"data_offsets\":[0,0]},"
+             "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+             zeros, 4);
+    accepted("f4z_end",
+             "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+             "\"z\":{\"dtype\":\"BF16\",\"shape\":[0],\"data_offsets\":[4,4]}}",
+             zeros, 4);
+    accepted("f4z_scalar", "{\"s\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}",
+             zeros, 4);
+    /* ...but never inside another tensor's bytes */
+    refused("f4z_inside", "invalid_offset",
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+            "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}",
+            zeros, 8, RC_FORMAT, "'z'");
+    refused("f4z_past_end", "invalid_offset",
+            "{\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,8]}}", zeros, 4,
+            RC_FORMAT, "'z'");
+    /* a shape number past 2^63 is an overflow, not a syntax error */
+    refused("f5_huge_dim", "validation_overflow",
+            "{\"t\":{\"dtype\":\"F32\",\"shape\":[18446744073709551617],"
+            "\"data_offsets\":[0,4]}}",
+            zeros, 4, RC_FORMAT, "JSON");
+}
+
+/* Nesting deeper than a header ever needs is refused before jansson builds it; brackets
+ * inside strings do not count. */
+TEST(f2_depth_prescan)
+{
+    refused("f2_depth4", "invalid_header",
+            "{\"t\":{\"dtype\":\"F32\",\"shape\":[[1]],\"data_offsets\":[0,4]}}", zeros, 4,
+            RC_FORMAT, "nests");
+    refused("f2_meta_obj", "bad_metadata", "{\"__metadata__\":{\"a\":{\"b\":\"c\"}}}", NULL, 0,
+            RC_FORMAT, "'a'");
+    accepted("f2_brackets_in_name",
+             "{\"[[[[{{\\\"\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", zeros, 4);
+}
+
+/* Callers tighten the caps: an adapter's few dozen tensors and a 16 MiB header. The count
+ * is refused before the JSON is parsed (no table, no jansson objects). */
+TEST(params_tighten_caps)
+{
+    core_st_params_t p = core_st_default_params();
+    ASSERT_EQ(p.max_tensors, CORE_ST_MAX_TENSORS);
+    ASSERT_EQ(p.max_header, CORE_ST_MAX_HEADER);
+    p.max_tensors = 2;
+    p.max_header = 200;
+    st_dir();
+    const char *path = st_path("caps");
+    core_err_t eb, *e = &eb;
+    core_st_t *st = NULL;
+    ASSERT_EQ(stw_write_raw(path, E2("[0,4]", "[4,8]"), zeros, 8), 0);
+    ASSERT_RC(core_st_open_file_ex(path, &p, &st, e), RC_OK, e);
+    core_st_free(st);
+    const char *three = "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+                        "\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]},"
+                        "\"c\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[2,3]}}";
+    ASSERT_EQ(stw_write_raw(path, three, zeros, 3), 0);
+    ASSERT(core_st_open_file_ex(path, &p, &st, e) == RC_LIMIT && st == NULL);
+    ASSERT_STREQ(core_err_reason(e), "too_many_tensors");
+    /* __metadata__ is not a tensor */
+    p.max_tensors = 3;
+    ASSERT_EQ(stw_write_raw(path, "{\"__metadata__\":{},\"a\":{\"dtype\":\"U8\",\"shape\":[1],"
+                                  "\"data_offsets\":[0,1]},\"b\":{\"dtype\":\"U8\",\"shape\":"
+                                  "[1],\"data_offsets\":[1,2]},\"c\":{\"dtype\":\"U8\",\"shape\""
+                                  ":[1],\"data_offsets\":[2,3]}}",
+                            zeros, 3),
+              0);
+    ASSERT_RC(core_st_open_file_ex(path, &p, &st, e), RC_OK, e);
+    core_st_free(st);
+    /* the header cap; a cap can only tighten, never loosen, the defaults */
+    char big[400];
+    memset(big, ' ', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    memcpy(big, "{}", 2);
+    ASSERT_EQ(stw_write_raw(path, big, NULL, 0), 0);
+    ASSERT(core_st_open_file_ex(path, &p, &st, e) == RC_LIMIT);
+    ASSERT_STREQ(core_err_reason(e), "header_too_large");
+    p.max_header = UINT64_MAX;
+    ASSERT_EQ(stw_write_raw_n(path, 100000001ull, "{}", 2, NULL, 0), 0);
+    ASSERT(core_st_parse_ex((const uint8_t *)"\x01\xe1\xf5\x05\0\0\0\0{}", 10, "mem", &p, &st,
+                            e) == RC_LIMIT);
+    ASSERT_STREQ(core_err_reason(e), "header_too_large");
 }
 
 /* ---- F11: dtypes ------------------------------------------------------------------ */
