@@ -627,6 +627,11 @@ static void *engine_main(void *arg)
         if (stop)
             break;
         core__admit(e);
+        /* publish again: a scrape between the intake and the next step must not count a
+         * sequence both as admitted and as still waiting in the inbox */
+        pthread_mutex_lock(&e->mu);
+        stats_publish_locked(e);
+        pthread_mutex_unlock(&e->mu);
         int n = plan_step(e);
         if (n > 0)
             run_step(e, n);
