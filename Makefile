@@ -74,7 +74,7 @@ default-data: deps
 run: deps all default-data
 	@tools/run-default.sh $(BUILD)/adapterd
 
-test: deps all
+test: deps all default-data
 	@BUILD=$(BUILD) tests/run.sh
 
 asan:
@@ -94,7 +94,7 @@ TSAN_ENV    = TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error
               second_deadlock_stack=1 history_size=4 log_path=$(TSAN_LOGS)/tsan" \
               BUILD=$(TSAN_BUILD)
 tsan:
-	$(MAKE) BUILD=$(TSAN_BUILD) OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" deps all
+	$(MAKE) BUILD=$(TSAN_BUILD) OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" deps all default-data
 	@rm -rf $(TSAN_LOGS) && mkdir -p $(TSAN_LOGS)
 	@$(TSAN_ENV) tests/run.sh; rc=$$?; \
 	 n=$$(cat $(TSAN_LOGS)/tsan.* 2>/dev/null | grep -c '^WARNING: ThreadSanitizer'); \
