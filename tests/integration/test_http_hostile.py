@@ -520,7 +520,10 @@ def test_h11(d):
     sender = threading.Thread(target=lambda: _send_quietly(s, b"x" * 50000000))
     sender.start()
     r2 = read_response(s)
-    s.shutdown(socket.SHUT_RDWR)
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:  # the daemon may have reset it already (its lingering close gave up)
+        pass
     sender.join()
     s.close()
     time.sleep(0.3)
