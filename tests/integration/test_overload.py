@@ -244,7 +244,10 @@ def t_o2(d):
     assert ld.samples >= 20, "too few /metrics samples (%d)" % ld.samples
     assert ld.max_waiting <= MAX_QUEUE, "waiting %d > cap %d" % (ld.max_waiting, MAX_QUEUE)
     assert ld.max_running <= MAX_SEQS, "running %d > max-seqs %d" % (ld.max_running, MAX_SEQS)
-    assert pct(ld.lat_ok, 99) < 5.0, "accepted p99 %.1f s" % pct(ld.lat_ok, 99)
+    # a bounded queue bounds the wait: 4 running + 8 queued, each a short completion (a
+    # sanitizer build computes ~15x slower, so the bound is scaled there)
+    bound = 30.0 if sanitized() else 5.0
+    assert pct(ld.lat_ok, 99) < bound, "accepted p99 %.1f s" % pct(ld.lat_ok, 99)
 
 
 def t_o3(d):
