@@ -25,7 +25,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC   := $(wildcard tests/tools/*.c)
 TOOL_BIN   := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test asan tsan soak bench lint clean default-data fuzz fuzz-build fuzz-smoke
+.PHONY: all deps run test asan tsan soak crash-soak bench lint clean default-data fuzz fuzz-build fuzz-smoke
 all: $(BUILD)/adapterd $(UNIT_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c
@@ -109,6 +109,13 @@ tsan:
 SOAK_SECONDS ?= 300
 soak: deps all default-data
 	@BUILD=$(BUILD) SOAK_SECONDS=$(SOAK_SECONDS) tools/soak.sh
+
+# Kill -9 soak (RELIABILITY.md D3, docs/OPERATIONS.md "Crash safety"): 4 tenants upload,
+# delete and swap adapters while inference runs, SIGKILL at a random 0-2 s, restart and check
+# the index and blobs. `make test` runs 50 cycles; a nightly run takes 1000 or more.
+CRASH_CYCLES ?= 1000
+crash-soak: deps all
+	@BUILD=$(BUILD) CRASH_CYCLES=$(CRASH_CYCLES) /usr/bin/python3 tests/integration/test_crash.py
 
 lint:
 	@tools/lint.sh

@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <libgen.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,6 +36,8 @@
 #define DRAIN_TICK_MS 50
 #define ABORT_GRACE_MS 5000
 #define STORE_TICK_MS 100
+/* Idle this long after the engine's last step, the heap's free pages go back to the kernel. */
+#define TRIM_IDLE_MS 2000
 
 /* ---- start-up pieces shared by serve and import ---------------------------------------------- */
 
@@ -250,6 +253,9 @@ struct srv_server {
     int n_signals;
     bool aborted, forced, closing;
     uint64_t deadline;
+    uint64_t trim_steps;   /* the engine's step count when it was last seen to change */
+    uint64_t trim_since;   /* loop time of that change */
+    bool trimmed;          /* malloc_trim ran since then */
 };
 
 /* ---- the store's executor: libuv's thread pool ------------------------------------------- */
@@ -290,10 +296,32 @@ static void store_exec_submit(void *ctx, store_task_t *t)
     t->done(t);
 }
 
+/* After a burst, glibc keeps the freed batch scratch, KV staging and connection buffers of
+ * the engine and pool threads' arenas (tens of MB after 512 connections) although nothing
+ * uses them: once the engine has been idle for TRIM_IDLE_MS, hand those pages back, once per
+ * idle period. Never under load, where they would only be faulted in again. */
+static void trim_when_idle(srv_server_t *s, uint64_t now)
+{
+    core_engine_stats_t st;
+    core_engine_stats(s->engine, &st);
+    if (st.n_steps != s->trim_steps || st.n_running > 0 || st.n_waiting > 0) {
+        s->trim_steps = st.n_steps;
+        s->trim_since = now;
+        s->trimmed = false;
+        return;
+    }
+    if (!s->trimmed && now - s->trim_since >= TRIM_IDLE_MS) {
+        malloc_trim(0);
+        s->trimmed = true;
+    }
+}
+
 static void on_store_timer(uv_timer_t *t)
 {
     srv_server_t *s = t->data;
-    store_tick(s->store, uv_now(&s->loop));
+    uint64_t now = uv_now(&s->loop);
+    store_tick(s->store, now);
+    trim_when_idle(s, now);
 }
 
 /* Run the loop until the store's tasks in flight are done (store_close needs none).

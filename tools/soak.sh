@@ -9,13 +9,14 @@
 # (max_tokens 4) cycling over base, demo-a and demo-b. Prints, per phase C,
 #   BENCH soak_C_requests|rps|p50|p99|2xx|5xx|status_NNN|socket_errors ...
 # and for the whole run BENCH soak_rss_{start,warm,end,peak}_kb, soak_rss_growth_pct (end
-# against after the warm-up) and soak_fd_{start,end}. With 512 connections many requests get
+# against after the warm-up, both read SOAK_SETTLE_SECONDS (3) after the load stopped) and
+# soak_fd_{start,end}. With 512 connections many requests get
 # 429: that is the --max-queue back-pressure working (docs/OPERATIONS.md "Soak").
 # Exits 1 on any 5xx, a daemon that died or stopped answering /healthz, a non-zero exit status
 # on SIGTERM, or fds not back within SOAK_FD_SLACK (4) of the start; 2 when it cannot start.
 # Environment: BUILD, ADAPTERD_BIN, SOAK_SECONDS, SOAK_WARMUP_SECONDS (5), SOAK_CONNECTIONS,
 # SOAK_THREADS (wrk threads, 2), SOAK_MODEL, SOAK_ADAPTERS, SOAK_ARGS (more daemon flags),
-# SOAK_READY_TIMEOUT (60 s; longer for sanitizer builds), KEEP_TMP (keep the work folder).
+# SOAK_READY_TIMEOUT (60 s; longer for sanitizer builds), SOAK_SETTLE_SECONDS, KEEP_TMP (keep the work folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -28,6 +29,10 @@ MODEL=${SOAK_MODEL:-data/model}
 ADAPTERS=${SOAK_ADAPTERS:-data/adapters}
 READY=${SOAK_READY_TIMEOUT:-60}
 FD_SLACK=${SOAK_FD_SLACK:-4}
+# The daemon hands freed heap pages back after 2 s without an engine step (server.c
+# trim_when_idle): RSS is read after the same idle pause at both ends, so growth compares
+# like with like (what is still held), not how much of a burst's scratch glibc kept.
+SETTLE=${SOAK_SETTLE_SECONDS:-3}
 
 die() { echo "soak: $*" >&2; exit 2; }
 command -v wrk >/dev/null || die "wrk not found (Debian package wrk; make deps installs it)"
@@ -53,6 +58,8 @@ trap cleanup EXIT
 
 healthy() { curl -sf -m 5 -o /dev/null "$url/healthz"; }
 rss_kb() { awk -v k="${2:-VmRSS}:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
+# Where the resident memory is (anonymous heap vs mapped files such as the model and sqlite's -shm).
+rss_parts() { awk '/^Rss(Anon|File|Shmem):/ { printf "%s %s kB  ", $1, $2 }' "/proc/$1/status" 2>/dev/null; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 bench() { echo "BENCH $1 $2 $3"; }
 fail=0
@@ -81,7 +88,9 @@ if [ "$WARMUP" -gt 0 ]; then
   maxc=$(tr ' ' '\n' <<<"$CONNS" | sort -n | tail -1)
   run_wrk soak_warmup "$maxc" "$WARMUP" | grep -v '^BENCH'  # warm-up figures are not the result
 fi
+sleep "$SETTLE"
 rss_warm=$(rss_kb "$pid")
+echo "# soak: after the warm-up: $(rss_parts "$pid")"
 
 for c in $CONNS; do
   out=$(run_wrk "soak_$c" "$c" "$phase"); echo "$out"
@@ -100,7 +109,9 @@ if kill -0 "$pid" 2>/dev/null; then
     sleep 0.1
   done
   fd_end=$(fd_count "$pid")
+  sleep "$SETTLE"
   rss_end=$(rss_kb "$pid")
+  echo "# soak: at the end: $(rss_parts "$pid")"
   bench soak_fd_start "$fd_start" fds
   bench soak_fd_end "$fd_end" fds
   bench soak_rss_start_kb "$rss_start" kB

@@ -76,6 +76,30 @@ def tiny_model(name="tiny-llama", cfg=None, seed=TINY_SEED):
     return final
 
 
+_SANITIZER = []
+
+
+def sanitizer():
+    """"asan", "tsan" or None: how the daemon binary was built (make asan / make tsan)."""
+    if not _SANITIZER:
+        with open(binary(), "rb") as f:
+            data = f.read()
+        _SANITIZER.append("tsan" if b"__tsan_init" in data else
+                          "asan" if b"__asan_init" in data else None)
+    return _SANITIZER[0]
+
+
+def sanitized():
+    return sanitizer() is not None
+
+
+def slowdown():
+    """How much longer than the plain build a time bound may take: a sanitizer build computes
+    several times slower (ThreadSanitizer 5-15x), so tests scale their wall-clock bounds by
+    this rather than failing on speed they were not written to measure."""
+    return {"asan": 4.0, "tsan": 10.0}.get(sanitizer(), 1.0)
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

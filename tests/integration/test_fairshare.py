@@ -45,12 +45,6 @@ VICTIM_REQ = {"model": MODEL, "prompt": "Hi", "max_tokens": VICTIM_TOKENS, "temp
               "ignore_eos": True}
 
 
-def sanitized():
-    """The daemon binary is built with AddressSanitizer (make asan)."""
-    with open(daemon.binary(), "rb") as f:
-        return b"__asan_init" in f.read()
-
-
 def victim_run(cl, n=N_VICTIM):
     """n sequential completions -> latencies in ms (asserting each succeeded in full)."""
     out = []
@@ -154,7 +148,7 @@ def main():
         why = "unloaded p50 %.1f ms, loaded p50 %.1f ms, ratio %.2f; loaded %r" % (
             u50, l50, ratio, [round(x, 1) for x in lat])
         name = "victim p50 under a flood of another tenant <= 2x unloaded"
-        if sanitized():
+        if daemon.sanitized():
             tap.skip(name, "sanitizer build: per-row costs dominate its timings (%s)" % why)
         else:
             tap.check(ratio <= 2.0, name, why)

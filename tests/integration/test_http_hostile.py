@@ -90,21 +90,17 @@ def one_response(d, payload, timeout=5):
     return r[0], r[1], r[2], rest, closed
 
 
-def asan_build():
-    """ASan keeps freed memory in quarantine (up to 256 MiB), so RSS bounds only hold for the
-    plain build; under ASan the figures are printed and LeakSanitizer checks at exit."""
-    with open(daemon.binary(), "rb") as f:
-        return b"__asan_init" in f.read()
-
-
-RSS_CHECKED = None
-
-
 def rss_checked():
-    global RSS_CHECKED
-    if RSS_CHECKED is None:
-        RSS_CHECKED = not asan_build()
-    return RSS_CHECKED
+    """ASan keeps freed memory in quarantine (up to 256 MiB) and TSan maps shadow memory, so
+    RSS bounds only hold for the plain build; under a sanitizer the figures are printed and
+    LeakSanitizer checks at exit."""
+    return not daemon.sanitized()
+
+
+def reads_checked():
+    """TSan's runtime reads /proc/self/maps and the like in the daemon's process, which /proc's
+    rchar counts with the sockets: byte-count bounds hold for the plain and ASan builds."""
+    return daemon.sanitizer() != "tsan"
 
 
 def p99(xs):
@@ -229,8 +225,8 @@ def test_h3(d):
                                        read))
     assert data.startswith(b"HTTP/1.1 431 ") and closed, data[:100]
     assert data.count(b"HTTP/1.1") == 1
-    assert 0 <= secs < 1.0, secs
-    assert read < 64 * 1024, read
+    assert 0 <= secs < 1.0 * daemon.slowdown(), secs
+    assert read < 64 * 1024 or not reads_checked(), read
 
 
 # ---- H4: slowloris ----------------------------------------------------------------------------
@@ -496,7 +492,8 @@ def test_h10(d, key):
                           "sent" if b" 100 " in data else "not sent", read))
         assert data.startswith(b"HTTP/1.1 413 ") and closed, data[:200]
         assert b"100 Continue" not in data and b'"too_large"' in data, data[:300]
-        assert took < 1.0 and read < 64 * 1024, (took, read)
+        assert took < 1.0 * daemon.slowdown(), took
+        assert read < 64 * 1024 or not reads_checked(), read
     print("# H10 Content-Length 300,000,000 to POST /v1/adapters (cap 256 MiB): " +
           "; ".join(figures))
 
@@ -531,9 +528,9 @@ def test_h11(d):
     print("# H11 unauthenticated 50 MB POST: %s; daemon read %d B before the 401 (head only, "
           "limit <= 4096 + head); streaming client: %s, daemon read %d B in all (lingering close "
           "discards at most 1 MiB)" % (r[0], read_head_only, r2 and r2[0], read_streaming))
-    assert read_head_only <= 4096 + len(head), read_head_only
+    assert read_head_only <= 4096 + len(head) or not reads_checked(), read_head_only
     assert r2 is not None and r2[0] == 401
-    assert read_streaming <= (1 << 20) + 256 * 1024, read_streaming
+    assert read_streaming <= (1 << 20) + 256 * 1024 or not reads_checked(), read_streaming
 
 
 # ---- H12: clients leaving ---------------------------------------------------------------------

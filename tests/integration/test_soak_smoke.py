@@ -6,8 +6,9 @@ generated once into tests/tmp/default-data (tools/make_default_data.py; ./data i
 alone). Checks: the script exits 0; each phase completed requests with 2xx answers and 0 5xx
 (429 under 512 connections is the expected --max-queue back-pressure); the daemon answered
 /healthz after each phase and exited 0 on SIGTERM; its fd count came back within 4 of the
-start; RSS growth after the warm-up is reported and under 50 % (10 s is too short for the
-5 % target of the long soak, docs/OPERATIONS.md "Soak"). Every check is skipped (TAP
+start; RSS growth after the warm-up (both ends read after the daemon's idle heap trim) is
+reported and under 10 % (50 % for a sanitizer build, whose allocator keeps freed memory; the
+long soak's target is 5 %, docs/OPERATIONS.md "Soak"). Every check is skipped (TAP
 "# SKIP") when wrk is not installed. Prints TAP; exits non-zero on a failure. Run with
 /usr/bin/python3 (numpy generates the model).
 """
@@ -26,7 +27,7 @@ import daemon  # noqa: E402
 PHASES = ("64", "512")
 CHECKS = ["soak.sh exits 0", "phase 64: requests answered 2xx, 0 5xx",
           "phase 512: requests answered 2xx, 0 5xx", "daemon healthy after each phase, exit 0",
-          "fd count back near the start", "RSS growth reported and < 50 %"]
+          "fd count back near the start", "RSS growth reported and < %d %%"]
 
 
 def default_data():
@@ -45,11 +46,15 @@ def bench(text):
             for m in re.finditer(r"^BENCH (\S+) (-?[0-9.]+) ", text, re.M)}
 
 
+def rss_bound():
+    return 50 if daemon.sanitized() else 10
+
+
 def main():
     t = daemon.Tap()
     if not shutil.which("wrk"):
         for name in CHECKS:
-            t.skip(name, "wrk not installed (Debian package wrk)")
+            t.skip(name % rss_bound() if "%" in name else name, "wrk not installed (Debian package wrk)")
         return t.done()
     data = default_data()
     env = dict(os.environ, SOAK_SECONDS="10", SOAK_WARMUP_SECONDS="2",
@@ -74,7 +79,8 @@ def main():
     t.check(fd0 is not None and fd1 is not None and fd1 <= fd0 + 4, CHECKS[4],
             "fds at start %s, at end %s" % (fd0, fd1))
     growth = b.get("soak_rss_growth_pct")
-    t.check(growth is not None and growth < 50, CHECKS[5], "RSS growth %s %%" % growth)
+    t.check(growth is not None and growth < rss_bound(), CHECKS[5] % rss_bound(),
+            "RSS growth %s %%" % growth)
     return t.done()
 
 
