@@ -521,6 +521,9 @@ static int server_open_core(srv_server_t *s)
     rc = store_open(&sp, &s->store, &err);
     if (rc != RC_OK)
         return fail("store", rc, &err);
+    /* store_open refuses any other setting; logged so an operator can see what was checked */
+    srv_log(SRV_LOG_INFO, "store: %s/adapterd.db journal_mode=wal synchronous=full mmap_size=0, "
+            "one writer connection (it alone commits and checkpoints)", cfg->data_dir);
     if (check_exposure(cfg, s->store) != 0)
         return 1;
     if (cfg->adapters_dir[0]) {

@@ -169,17 +169,36 @@ static rc_t w_end(store_t *s, rc_t rc, core_err_t *err)
 
 /* ---- schema ---- */
 
-static rc_t idx_user_version(sqlite3 *db, int *out, core_err_t *err)
+/* PRAGMA NAME's integer value. */
+static rc_t idx_pragma_int(sqlite3 *db, const char *name, int *out, core_err_t *err)
 {
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA %s", name);
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
-        return store__idx_err(db, err, "read user_version");
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return store__idx_err(db, err, sql);
     rc_t rc = RC_OK;
     if (sqlite3_step(st) == SQLITE_ROW)
         *out = sqlite3_column_int(st, 0);
     else
-        rc = store__idx_err(db, err, "read user_version");
+        rc = store__idx_err(db, err, sql);
     sqlite3_finalize(st);
+    return rc;
+}
+
+static rc_t idx_user_version(sqlite3 *db, int *out, core_err_t *err)
+{
+    return idx_pragma_int(db, "user_version", out, err);
+}
+
+/* PRAGMA NAME reads back as WANT (RELIABILITY D9: checked, not assumed). */
+static rc_t idx_expect_pragma(sqlite3 *db, const char *name, int want, core_err_t *err)
+{
+    int v = -1;
+    rc_t rc = idx_pragma_int(db, name, &v, err);
+    if (rc == RC_OK && v != want)
+        rc = core_err(err, RC_IO, "adapter index %s: PRAGMA %s is %d, adapterd needs %d",
+                      sqlite3_db_filename(db, "main"), name, v, want);
     return rc;
 }
 
@@ -257,6 +276,10 @@ static rc_t idx_open_writer(store_t *s, const char *path, core_err_t *err)
         if (sqlite3_exec(s->wdb, pragmas[i], NULL, NULL, NULL) != SQLITE_OK)
             return store__idx_err(s->wdb, err, pragmas[i]);
     rc = idx_check_wal(s->wdb, err);
+    if (rc == RC_OK) /* 2 = FULL: a commit is on disk before the 201 */
+        rc = idx_expect_pragma(s->wdb, "synchronous", 2, err);
+    if (rc == RC_OK) /* no mmap of the db file: the WAL-reset bug's other half */
+        rc = idx_expect_pragma(s->wdb, "mmap_size", 0, err);
     if (rc == RC_OK)
         rc = idx_migrate(s->wdb, err);
     return rc;
@@ -271,6 +294,13 @@ static rc_t idx_open_reader(store_t *s, const char *path, core_err_t *err)
     if (sqlite3_exec(s->rdb, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(s->rdb, "PRAGMA mmap_size = 0", NULL, NULL, NULL) != SQLITE_OK)
         return store__idx_err(s->rdb, err, "reader pragmas");
+    /* The reader can never write, so the writer stays the only connection that commits
+     * and therefore the only one that checkpoints (sqlite 3.40's WAL-reset bug). */
+    rc_t rc = idx_expect_pragma(s->rdb, "query_only", 1, err);
+    if (rc == RC_OK)
+        rc = idx_expect_pragma(s->rdb, "mmap_size", 0, err);
+    if (rc != RC_OK)
+        return rc;
     return store__idx_prepare_reader(s, err);
 }
 

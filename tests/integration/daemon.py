@@ -100,6 +100,34 @@ def slowdown():
     return {"asan": 4.0, "tsan": 10.0}.get(sanitizer(), 1.0)
 
 
+def rss_kib(pid):
+    """VmRSS of a process in KiB (0 when it is gone)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def n_fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def metrics(d):
+    """The unlabelled series of d's GET /metrics -> {name: float}."""
+    st, _, body = d.request("GET", "/metrics", timeout=10)
+    assert st == 200, "GET /metrics: %d" % st
+    out = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, val = line.partition(" ")
+            out[name] = float(val)
+    return out
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -38,16 +38,6 @@ RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 
 # ---- /proc figures --------------------------------------------------------------------------
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def n_fds(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def rchar(pid):
@@ -116,7 +106,7 @@ def test_h1(d):
     ok_uri = b"/healthz?pad=" + b"a" * (8000 - 13)  # 8,000 B
     for _ in range(20):  # warm the allocator before the baseline
         one_response(d, b"GET " + ok_uri + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-    base = rss_kib(pid)
+    base = daemon.rss_kib(pid)
     codes = set()
     for _ in range(100):
         st, h, _, rest, closed = one_response(d, b"GET " + long_uri + b" HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -133,7 +123,7 @@ def test_h1(d):
     st_edge = one_response(d, line(8192) + close)[0]
     st_over = one_response(d, line(8193) + close)[0]
     assert (st_edge, st_over) == (200, 414), (st_edge, st_over)
-    delta = rss_kib(pid) - base
+    delta = daemon.rss_kib(pid) - base
     print("# H1 8,193 B URI -> 414 + close x100; 8,000 B URI -> 200 x100; request line "
           "8,192 B -> %d, 8,193 B -> %d; RSS delta %+d KiB (limit < 1024)"
           % (st_edge, st_over, delta))
@@ -177,9 +167,9 @@ def test_h2(d):
             socks.append(s)
         time.sleep(0.4)
     hold(300)
-    base = rss_kib(pid)
+    base = daemon.rss_kib(pid)
     hold(300)
-    per_conn = (rss_kib(pid) - base) * 1024 / 300
+    per_conn = (daemon.rss_kib(pid) - base) * 1024 / 300
     for s in socks:
         s.close()
     print("# H2 %s; peak RSS per connection holding a 16,000 B head: %.0f B "
@@ -576,15 +566,15 @@ def test_h12(d, key, model):
 
     def settle(base_fds):
         end = time.time() + 5
-        while time.time() < end and n_fds(pid) > base_fds + 5:
+        while time.time() < end and daemon.n_fds(pid) > base_fds + 5:
             time.sleep(0.05)
         time.sleep(0.3)
     for i in range(200):  # warm-up: allocator arenas, threads, caches
         once(i % 4)
     for _ in range(5):
         once(4)
-    settle(n_fds(pid))
-    base_fds, base_rss = n_fds(pid), rss_kib(pid)
+    settle(daemon.n_fds(pid))
+    base_fds, base_rss = daemon.n_fds(pid), daemon.rss_kib(pid)
     n = 0
     for i in range(4000):
         once(i % 4)
@@ -593,7 +583,7 @@ def test_h12(d, key, model):
         once(4)
         n += 1
     settle(base_fds)
-    fds, rss = n_fds(pid), rss_kib(pid)
+    fds, rss = daemon.n_fds(pid), daemon.rss_kib(pid)
     print("# H12 %d iterations (half-close / RST mid-body, RST mid-response x20 pipelined, "
           "half-close after the request, 50 RSTs mid-stream): fds %d -> %d, RSS %d -> %d KiB "
           "(%+d KiB); alive %s" % (n, base_fds, fds, base_rss, rss, rss - base_rss, d.alive()))

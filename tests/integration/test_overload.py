@@ -42,17 +42,6 @@ PROMPT = "Once upon a time"
 
 # ---- observing the daemon ------------------------------------------------------------------
 
-def metrics(d):
-    """The unlabelled series of GET /metrics -> {name: float}."""
-    st, _, body = d.request("GET", "/metrics", timeout=10)
-    assert st == 200, "GET /metrics: %d" % st
-    out = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, _, val = line.partition(" ")
-            out[name] = float(val)
-    return out
-
 
 def idle_state(m):
     return (m["adapterd_running_sequences"], m["adapterd_waiting_sequences"],
@@ -64,7 +53,7 @@ def wait_idle(d, timeout=10.0):
     (AssertionError naming the last values after timeout)."""
     t0 = time.time()
     while True:
-        s = idle_state(metrics(d))
+        s = idle_state(daemon.metrics(d))
         if s == (0, 0, 0):
             return time.time() - t0
         if time.time() - t0 > timeout:
@@ -73,16 +62,6 @@ def wait_idle(d, timeout=10.0):
         time.sleep(0.005)
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def n_fds(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def in_use(d, name):
@@ -167,13 +146,13 @@ class Load:
     def sampler(self, stop):
         while time.time() < stop:
             try:
-                m = metrics(self.d)
+                m = daemon.metrics(self.d)
                 self.max_waiting = max(self.max_waiting, m["adapterd_waiting_sequences"])
                 self.max_running = max(self.max_running, m["adapterd_running_sequences"])
                 self.samples += 1
             except (OSError, http.client.HTTPException, AssertionError):
                 pass
-            self.rss_max = max(self.rss_max, rss_kib(self.d.proc.pid))
+            self.rss_max = max(self.rss_max, daemon.rss_kib(self.d.proc.pid))
             time.sleep(0.05)
 
     def run(self):
@@ -204,7 +183,7 @@ def t_o1(d):
     for ad in (None, "demo-a", "demo-b"):
         S.ref[ad] = complete(d, ref_body(ad))[0]
     ld = Load(d, 2 * MAX_SEQS, 4.0).run()
-    S.warm = (rss_kib(pid), n_fds(pid))
+    S.warm = (daemon.rss_kib(pid), daemon.n_fds(pid))
     total = sum(ld.status.values())
     print("# O1 clients %d for 4 s: requests %d (%.0f/s), status %s, socket errors %d, "
           "p50 %.0f ms, p99 %.0f ms" % (ld.clients, total, total / 4.0, ld.status,
@@ -251,7 +230,7 @@ def t_o3(d):
         got = complete(d, ref_body(ad))[0]
         assert got == S.ref[ad], "after load, %s: %r != pre-load %r" % (ad, got, S.ref[ad])
     wait_idle(d)
-    rss, fds = rss_kib(pid), n_fds(pid)
+    rss, fds = daemon.rss_kib(pid), daemon.n_fds(pid)
     growth = 100.0 * (rss - S.warm[0]) / S.warm[0]
     print("# O3 idle %.2f s after the load; RSS after O1 %.1f MiB, after O2 %.1f MiB "
           "(%+.1f%%); fds %d -> %d" % (took, S.warm[0] / 1024.0, rss / 1024.0, growth,
@@ -270,7 +249,7 @@ def post_head(body):
 def t_o5(d):
     pid = d.proc.pid
     wait_idle(d)
-    rss0 = rss_kib(pid)
+    rss0 = daemon.rss_kib(pid)
     s = daemon.RawSocket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: fixes the window
     s.settimeout(10)
@@ -284,8 +263,8 @@ def t_o5(d):
         seen_running, rss_max = False, rss0
         limit = 15 * daemon.slowdown()  # a sanitizer build computes several times slower
         while time.time() - t0 < limit:
-            m = metrics(d)
-            rss_max = max(rss_max, rss_kib(pid))
+            m = daemon.metrics(d)
+            rss_max = max(rss_max, daemon.rss_kib(pid))
             if m["adapterd_running_sequences"] > 0:
                 seen_running = True
             elif seen_running and idle_state(m) == (0, 0, 0):
@@ -293,7 +272,7 @@ def t_o5(d):
             time.sleep(0.01)
         dropped = time.time() - t0
         assert seen_running, "the stream never ran"
-        assert idle_state(metrics(d)) == (0, 0, 0), \
+        assert idle_state(daemon.metrics(d)) == (0, 0, 0), \
             "the stalled stream still runs after %d s" % limit
         got, closed = daemon.recv_all(s, timeout=5)
     finally:
@@ -342,7 +321,7 @@ def first_token_then_close(d, adapter):
 def t_o4(d):
     pid = d.proc.pid
     wait_idle(d)
-    fds0, rss0 = n_fds(pid), rss_kib(pid)
+    fds0, rss0 = daemon.n_fds(pid), daemon.rss_kib(pid)
     # cancel latency: single streams, closed after the first token, until running is 0
     lat = []
     for i in range(20):
@@ -397,9 +376,9 @@ def t_o4(d):
     assert not errors, "; ".join(errors[:3])
     settle = wait_idle(d)
     time.sleep(0.2)  # closing connections are freed on the loop's next turns
-    m = metrics(d)
+    m = daemon.metrics(d)
     pins = {ad: in_use(d, ad) for ad in ("demo-a", "demo-b")}
-    fds, rss = n_fds(pid), rss_kib(pid)
+    fds, rss = daemon.n_fds(pid), daemon.rss_kib(pid)
     print("# O4 cancel latency (first token read -> running 0, 20 single streams incl. "
           "/metrics polling): p50 %.0f ms, p99 %.0f ms, max %.0f ms"
           % (1000 * pct(lat, 50), 1000 * pct(lat, 99), 1000 * max(lat)))
@@ -462,7 +441,7 @@ def t_o11(d):
     def sampler():
         while not stop[0]:
             try:
-                m_max[0] = max(m_max[0], metrics(d)["adapterd_running_sequences"])
+                m_max[0] = max(m_max[0], daemon.metrics(d)["adapterd_running_sequences"])
             except (OSError, http.client.HTTPException, AssertionError):
                 pass
             time.sleep(0.01)
