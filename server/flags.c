@@ -99,6 +99,9 @@ static const flag_t flags[] = {
      "MS",
      "keep-alive: a request that starts on an older connection is answered with Connection: "
      "close, and an idle one that old is closed"},
+    {"heap-trim-idle-ms", FLAG_INT, OFF(heap_trim_idle_ms), "2000", 0, MS_MAX, SERVE, "MS",
+     "after this long without an engine step, return freed heap pages to the kernel (once "
+     "per idle period); 0 = never"},
     {"drain-timeout-ms", FLAG_INT, OFF(drain_timeout_ms), "10000", 0, MS_MAX, SERVE, "MS",
      "on SIGINT/SIGTERM: how long in-flight requests may take to finish"},
     {"max-write-buffer-bytes", FLAG_SIZE, OFF(max_write_buffer_bytes), "4194304", 65536, 1LL << 34,

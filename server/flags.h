@@ -77,6 +77,7 @@ typedef struct {
     int max_connections;
     int max_keepalive_requests;
     int max_connection_age_ms;
+    int heap_trim_idle_ms; /* 0: never trim */
     int drain_timeout_ms;
     size_t max_write_buffer_bytes;
 

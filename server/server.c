@@ -36,8 +36,6 @@
 #define DRAIN_TICK_MS 50
 #define ABORT_GRACE_MS 5000
 #define STORE_TICK_MS 100
-/* Idle this long after the engine's last step, the heap's free pages go back to the kernel. */
-#define TRIM_IDLE_MS 2000
 
 /* ---- start-up pieces shared by serve and import ---------------------------------------------- */
 
@@ -298,8 +296,8 @@ static void store_exec_submit(void *ctx, store_task_t *t)
 
 /* After a burst, glibc keeps the freed batch scratch, KV staging and connection buffers of
  * the engine and pool threads' arenas (tens of MB after 512 connections) although nothing
- * uses them: once the engine has been idle for TRIM_IDLE_MS, hand those pages back, once per
- * idle period. Never under load, where they would only be faulted in again. */
+ * uses them: once the engine has been idle for --heap-trim-idle-ms, hand those pages back,
+ * once per idle period. Never under load, where they would only be faulted in again. */
 static void trim_when_idle(srv_server_t *s, uint64_t now)
 {
     core_engine_stats_t st;
@@ -310,7 +308,8 @@ static void trim_when_idle(srv_server_t *s, uint64_t now)
         s->trimmed = false;
         return;
     }
-    if (!s->trimmed && now - s->trim_since >= TRIM_IDLE_MS) {
+    uint64_t idle_ms = (uint64_t)s->cfg.heap_trim_idle_ms;
+    if (idle_ms > 0 && !s->trimmed && now - s->trim_since >= idle_ms) {
         malloc_trim(0);
         s->trimmed = true;
     }
