@@ -128,7 +128,8 @@ clean:
 # Benchmarks print "BENCH <name> <value> <unit>" lines (not a timed test; run on an idle
 # machine). bench-data/ holds the synthetic bench model (~800 MB) and 32 rank-16 adapters,
 # generated once by tools/make_bench_model.py; bench_batch measures heterogeneous batched
-# decode against the memory bandwidth, bench_decode single-stream decode and prefill.
+# decode against the memory bandwidth, bench_decode single-stream decode and prefill,
+# bench_route routed decode (PHATGOOSE, Arrow, X-LoRA) against single adapters.
 # The store benchmarks add BF16 adapters of rank 8/16/64 and 1,000 small rank-8 ones
 # (--store-adapters --zipf-adapters 1000, ~0.7 GB once): bench_store_load measures cold
 # loads through the store against a plain read() and the event-loop lag meanwhile (a fresh
@@ -141,6 +142,8 @@ bench: all default-data
 	@/usr/bin/python3 tools/make_bench_model.py bench-data
 	$(BUILD)/tests/bench_batch bench-data 32 3
 	$(BUILD)/tests/bench_decode bench-data/model bench-data/adapters/a00 64
+	@echo "# routing: 16 routed sequences over a00..a07 (top-2) against 16 single-adapter ones"
+	$(BUILD)/tests/bench_route bench-data 32 3
 	@/usr/bin/python3 tools/make_bench_model.py bench-data --store-adapters --zipf-adapters 1000
 	$(BUILD)/tests/bench_store_load bench-data 100
 	$(BUILD)/tests/bench_zipf bench-data data/model/tokenizer.json 16 400 100

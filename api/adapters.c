@@ -24,11 +24,15 @@ void api__terms_release(api_terms_t *t)
     for (int i = 0; i < t->n; i++) {
         if (t->want[i].lora)
             core_lora_release(t->want[i].lora);
+        if (t->want[i].router)
+            core_router_release(t->want[i].router);
         t->want[i].lora = NULL;
+        t->want[i].router = NULL;
     }
 }
 
-static const char *const sel_selectors[] = {"adapter", "adapter_id", "adapters", "lora"};
+static const char *const sel_selectors[] = {"adapter", "adapter_id", "adapters", "lora",
+                                            "router"};
 #define SEL_N_SELECTORS (sizeof sel_selectors / sizeof sel_selectors[0])
 
 static bool present(const json_t *root, const char *key)
@@ -64,13 +68,14 @@ static bool sel_which(const json_t *root, const char **which, api_fail_t *f)
 
 /* Resolve spec in the store now (the adapter is acquired later, when every term is
  * known). what names its field in messages ("`adapters[1].name`"), or NULL for a
- * top-level field. OUT: canon "NAME@VERSION". */
+ * top-level field. OUT: canon "NAME@VERSION", row. */
 static bool sel_resolve(api_t *a, int64_t tenant, const char *spec, const char *what, char *canon,
-                        api_fail_t *f)
+                        store_adapter_t *row, api_fail_t *f)
 {
-    store_adapter_t row;
+    store_adapter_t tmp;
     core_err_t err = {{0}};
-    rc_t rc = a->p.store ? store_resolve(a->p.store, tenant, spec, &row, &err) : RC_NOT_FOUND;
+    row = row ? row : &tmp;
+    rc_t rc = a->p.store ? store_resolve(a->p.store, tenant, spec, row, &err) : RC_NOT_FOUND;
     /* A malformed name (RC_INVALID) cannot exist either: same answer as an unknown one. */
     if ((rc == RC_NOT_FOUND || rc == RC_INVALID) && what)
         return api__fail(f, 404, "model_not_found", "The model `%.200s` does not exist (%s).", spec,
@@ -79,15 +84,32 @@ static bool sel_resolve(api_t *a, int64_t tenant, const char *spec, const char *
         return api__fail(f, 404, "model_not_found", "The model `%.200s` does not exist.", spec);
     if (rc != RC_OK)
         return api__fail_rc(f, rc, &err);
-    snprintf(canon, STORE_SPEC_MAX, "%s@%d", row.name, row.version);
+    snprintf(canon, STORE_SPEC_MAX, "%s@%d", row->name, row->version);
+    return true;
+}
+
+/* Where a router may stand: alone (model, adapter, adapter_id, router), never as a term of
+ * a composition (adapters, lora). what is NULL for `model`. */
+static bool sel_router_ok(sel_terms_t *t, const store_adapter_t *row, const char *spec,
+                          const char *what, bool alone, api_fail_t *f)
+{
+    if (!store_kind_is_router(row->kind))
+        return true;
+    if (!alone)
+        return api__fail(f, 400, "invalid_value",
+                         "%s names the router `%.200s`: a router cannot be composed with "
+                         "adapters; select it alone with `model` or `router`", what, spec);
+    t->routed = true;
     return true;
 }
 
 static bool sel_add(api_t *a, sel_terms_t *t, const char *spec, float w, const char *what,
-                    char *canon, api_fail_t *f)
+                    char *canon, bool alone, api_fail_t *f)
 {
     char c[STORE_SPEC_MAX];
-    if (!sel_resolve(a, t->tenant, spec, what, c, f))
+    store_adapter_t row;
+    if (!sel_resolve(a, t->tenant, spec, what, c, &row, f) ||
+        !sel_router_ok(t, &row, spec, what, alone, f))
         return false;
     if (canon)
         snprintf(canon, SEL_SPEC_MAX, "%s", c);
@@ -104,7 +126,7 @@ static bool sel_model(api_t *a, const char *model, const char *which, sel_terms_
 {
     if (strcmp(model, a->model_name) == 0)
         return true;
-    if (!sel_add(a, t, model, 1.0f, NULL, NULL, f))
+    if (!sel_add(a, t, model, 1.0f, NULL, NULL, true, f))
         return false;
     if (!which)
         return true;
@@ -193,7 +215,8 @@ static bool sel_adapters(api_t *a, const json_t *root, sel_terms_t *t, api_fail_
         snprintf(what, sizeof what, "`%s.name`", path);
         if (!sel_entry_shape(e, path, keys, "{\"name\": string, \"weight\": number}", f) ||
             !sel_entry_str(e, "name", path, &name, f) ||
-            !sel_weight(e, "weight", path, false, &w, f) || !sel_add(a, t, name, w, what, NULL, f))
+            !sel_weight(e, "weight", path, false, &w, f) ||
+            !sel_add(a, t, name, w, what, NULL, false, f))
             return false;
     }
     return true;
@@ -218,6 +241,16 @@ static bool sel_combination(const json_t *root, bool *linear, api_fail_t *f)
 
 /* The adapter a `lora[i].id` names. OUT: spec "NAME@VERSION" for an index, else the name;
  * *rows, *n_rows: the GET /lora-adapters list, fetched on first use (caller frees). */
+/* Keep the rows of kind "lora" (llama.cpp's list has no routers), in order. -> count. */
+static size_t loras_only(store_adapter_t *rows, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!store_kind_is_router(rows[i].kind))
+            rows[k++] = rows[i];
+    return k;
+}
+
 static bool sel_lora_id(api_t *a, int64_t tenant, const json_t *e, const char *path, store_adapter_t **rows,
                         size_t *n_rows, char *spec, api_fail_t *f)
 {
@@ -248,6 +281,7 @@ static bool sel_lora_id(api_t *a, int64_t tenant, const json_t *e, const char *p
         rc_t rc = store_list(a->p.store, tenant, rows, n_rows, &err);
         if (rc != RC_OK)
             return api__fail_rc(f, rc, &err);
+        *n_rows = loras_only(*rows, *n_rows);
     }
     if ((unsigned long long)x >= *n_rows)
         return api__fail(f, 404, "model_not_found",
@@ -266,13 +300,15 @@ static bool sel_lora_entry(api_t *a, const json_t *e, size_t i, store_adapter_t 
 {
     static const char *const keys[] = {"id", "scale", NULL};
     char path[32], what[48], spec[SEL_SPEC_MAX];
+    store_adapter_t row;
     float scale = 0;
     snprintf(path, sizeof path, "lora[%zu]", i);
     snprintf(what, sizeof what, "`%s.id`", path);
     if (!sel_entry_shape(e, path, keys, "{\"id\": index or name, \"scale\": number}", f) ||
         !sel_lora_id(a, t->tenant, e, path, rows, n_rows, spec, f) ||
         !sel_weight(e, "scale", path, true, &scale, f) ||
-        !sel_resolve(a, t->tenant, spec, what, seen[i], f))
+        !sel_resolve(a, t->tenant, spec, what, seen[i], &row, f) ||
+        !sel_router_ok(t, &row, spec, what, false, f))
         return false;
     for (size_t k = 0; k < i; k++) {
         if (strcmp(seen[k], seen[i]) == 0)
@@ -287,7 +323,7 @@ static bool sel_lora_entry(api_t *a, const json_t *e, size_t i, store_adapter_t 
         return api__fail(f, 400, "invalid_value",
                          "`lora` may apply at most %d adapters with a non-zero scale",
                          CORE_ASET_MAX);
-    return sel_add(a, t, spec, scale, what, NULL, f);
+    return sel_add(a, t, spec, scale, what, NULL, false, f);
 }
 
 /* `lora`: [{"id", "scale"}] as llama.cpp's server takes it. */
@@ -389,6 +425,51 @@ static bool sel_build(const sel_terms_t *t, bool linear, api_sel_t *sel, api_fai
     return true;
 }
 
+/* `router`: {"name", "top_k", "temperature"}; name must be a router. */
+static bool sel_router(api_t *a, const json_t *root, sel_terms_t *t, api_fail_t *f)
+{
+    static const char *const keys[] = {"name", "top_k", "temperature", NULL};
+    const json_t *r = json_object_get(root, "router");
+    const char *name = NULL;
+    long long k = 0;
+    double temp = 0;
+    if (!sel_entry_shape(r, "router", keys,
+                         "{\"name\": string, \"top_k\": integer, \"temperature\": number}", f) ||
+        !sel_entry_str(r, "name", "router", &name, f))
+        return false;
+    if (!api__get_int(r, "top_k", 1, CORE_ROUTER_MAX_EXPERTS, &k, f) ||
+        !api__get_num(r, "temperature", 0, 1e6, true, &temp, f)) {
+        /* the helpers name the key alone: say where it lives */
+        char msg[sizeof f->message], code[sizeof f->code];
+        snprintf(msg, sizeof msg, "%s", f->message);
+        snprintf(code, sizeof code, "%s", f->code);
+        return api__fail(f, f->status, code, "router: %s", msg);
+    }
+    if (!sel_add(a, t, name, 1.0f, "`router.name`", NULL, true, f))
+        return false;
+    if (!t->routed) {
+        t->n = 0;
+        return api__fail(f, 400, "invalid_value",
+                         "`router.name` names the adapter `%.200s`, not a router: select "
+                         "adapters with `model`, `adapter` or `adapters`", name);
+    }
+    t->route = (core_route_params_t){(int)k, (float)temp};
+    return true;
+}
+
+/* `return_routing`: only with a router. */
+static bool sel_return_routing(const json_t *root, sel_terms_t *t, api_fail_t *f)
+{
+    bool want = false;
+    if (!api__get_bool(root, "return_routing", &want, f))
+        return false;
+    if (want && !t->routed)
+        return api__fail(f, 400, "invalid_value",
+                         "`return_routing` needs a router: name one in `model` or `router`");
+    t->want_routing = want;
+    return true;
+}
+
 /* The terms of the one selector field present (which), or of an adapter `model`. */
 static bool sel_terms(api_t *a, const json_t *root, const char *model, const char *which,
                       sel_terms_t *t, api_fail_t *f)
@@ -402,6 +483,8 @@ static bool sel_terms(api_t *a, const json_t *root, const char *model, const cha
         return sel_adapters(a, root, t, f);
     if (strcmp(which, "lora") == 0)
         return sel_lora(a, root, t, f);
+    if (strcmp(which, "router") == 0)
+        return sel_router(a, root, t, f);
     /* adapter / adapter_id: one name; the base model's name selects the base. */
     if (!api__get_str(root, which, &spec, NULL, f))
         return false;
@@ -409,7 +492,7 @@ static bool sel_terms(api_t *a, const json_t *root, const char *model, const cha
         return true;
     char what[16];
     snprintf(what, sizeof what, "`%s`", which);
-    return sel_add(a, t, spec, 1.0f, what, NULL, f);
+    return sel_add(a, t, spec, 1.0f, what, NULL, true, f);
 }
 
 bool api__sel_gather(api_t *a, int64_t tenant, const json_t *root, const char *model,
@@ -419,13 +502,32 @@ bool api__sel_gather(api_t *a, int64_t tenant, const json_t *root, const char *m
     memset(t, 0, sizeof *t);
     t->tenant = tenant;
     return sel_which(root, &which, f) && sel_combination(root, &t->linear, f) &&
-           sel_terms(a, root, model, which, t, f);
+           sel_terms(a, root, model, which, t, f) && sel_return_routing(root, t, f);
+}
+
+/* A routed selection: the router the store built, at the request's overrides. */
+static bool sel_take_router(api_terms_t *t, api_sel_t *sel, api_fail_t *f)
+{
+    core_router_t *r = t->want[0].router;
+    if (!r)
+        return api__fail(f, 500, "internal_error", "the store gave no router for `%.200s`",
+                         t->want[0].spec);
+    if (t->route.top_k > r->n_experts)
+        return api__fail(f, 400, "invalid_value",
+                         "`router.top_k` is %d but the router `%.200s` has %d experts",
+                         t->route.top_k, t->given[0], r->n_experts);
+    core_router_retain(r);
+    sel->router = r;
+    sel->route = t->route;
+    sel->want_routing = t->want_routing;
+    snprintf(sel->group, sizeof sel->group, "%s", t->given[0]);
+    return true;
 }
 
 bool api__sel_build(api_terms_t *t, api_sel_t *sel, api_fail_t *f)
 {
     memset(sel, 0, sizeof *sel);
-    bool ok = sel_build(t, t->linear, sel, f);
+    bool ok = t->routed ? sel_take_router(t, sel, f) : sel_build(t, t->linear, sel, f);
     api__terms_release(t); /* the set holds its own references */
     if (!ok)
         api__sel_clear(sel);
@@ -469,6 +571,8 @@ void api__sel_clear(api_sel_t *sel)
 {
     if (sel->aset)
         core_aset_release(sel->aset);
+    if (sel->router)
+        core_router_release(sel->router);
     memset(sel, 0, sizeof *sel);
 }
 
@@ -482,6 +586,7 @@ void api__h_lora_adapters(api_t *a, const api_request_t *req, api_sink_t *sink, 
     size_t n = 0;
     if (!api__list_adapters(a, api__who(req)->tenant, sink, &rows, &n))
         return;
+    n = loras_only(rows, n);
     json_t *list = json_array();
     for (size_t i = 0; list && i < n; i++) {
         char spec[SEL_SPEC_MAX];

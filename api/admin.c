@@ -84,6 +84,20 @@ void api__change_started(api_t *a, api_change_t *c, api_job_t **job)
 
 /* ---- JSON of rows ---------------------------------------------------------------------- */
 
+/* A router's experts as "NAME@VERSION" specs, in expert order ([] if unreadable). */
+static json_t *router_experts_json(api_t *a, const store_adapter_t *r)
+{
+    char (*specs)[STORE_SPEC_MAX] = NULL;
+    int n = 0;
+    core_err_t err = {{0}};
+    json_t *arr = json_array();
+    if (store_router_experts(a->p.store, r->id, &specs, &n, &err) == RC_OK)
+        for (int i = 0; arr && i < n; i++)
+            json_array_append_new(arr, json_string(specs[i]));
+    free(specs);
+    return arr;
+}
+
 json_t *api__adapter_json(api_t *a, const store_adapter_t *r)
 {
     store_runtime_t rt = {0};
@@ -106,6 +120,8 @@ json_t *api__adapter_json(api_t *a, const store_adapter_t *r)
         json_object_set_new(o, "shared", json_boolean(r->shared));
         json_object_set_new(o, "published", json_boolean(r->published));
     }
+    if (o && a->p.store && store_kind_is_router(r->kind))
+        json_object_set_new(o, "experts", router_experts_json(a, r));
     /* A load that just found it broken knows before the index does. */
     const char *why = r->state == STORE_STATE_BROKEN ? r->reason : rt.broken ? rt.reason : NULL;
     if (o && why)
@@ -385,6 +401,10 @@ static void answer_deleted(api_t *a, api_sink_t *sink, int64_t tenant,
     (void)a;
     (void)spec;
     char id[STORE_SPEC_MAX + 8];
+    if (rc == RC_EXISTS && err && strstr(err->msg, "is an expert of router")) {
+        api_send_error(sink, 409, NULL, "expert_in_use", err->msg);
+        return;
+    }
     if (rc == RC_EXISTS) {
         api_send_error(sink, 409, NULL, "alias_conflict",
                        err && err->msg[0] ? err->msg

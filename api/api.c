@@ -55,6 +55,7 @@ static const api_route_t api_routes[] = {
     {"GET", "/lora-adapters", NULL, api__h_lora_adapters, NULL, false, NULL, TEN},
     {"GET", "/v1/adapters", NULL, api__h_adapters_list, NULL, false, NULL, TEN},
     {"POST", "/v1/adapters", NULL, api__h_upload, NULL, false, NULL, TEN},
+    {"POST", "/v1/routers", NULL, api__h_router_create, NULL, false, NULL, TEN},
     {"GET", API_ADAPTERS, "", NULL, api__hp_adapter_get, false, API_ADAPTERS "{spec}", TEN},
     {"POST", API_ADAPTERS, "", NULL, api__hp_upload, false, API_ADAPTERS "{spec}", TEN},
     {"DELETE", API_ADAPTERS, "", NULL, api__hp_adapter_delete, false, API_ADAPTERS "{spec}", TEN},

@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -70,6 +71,7 @@ typedef struct {
     api_ticket_t ticket; /* released at free (loop thread) */
     int n_used;          /* prompt + generated tokens, written at DONE (engine thread) */
     api_note_t *note;    /* the server's, valid until after end(); or NULL */
+    json_t *route_names; /* return_routing: the router's expert names, in expert order */
 } cmpl_job_t;
 
 static const char *const cmpl_fields[] = {
@@ -378,6 +380,21 @@ static void stream_begin_once(cmpl_job_t *j)
     pthread_mutex_unlock(&j->mu);
 }
 
+/* return_routing: {"adapters": [names], "layers": [[mean weight per adapter] per layer]}. */
+static json_t *routing_json(const cmpl_job_t *j, const core_event_t *ev)
+{
+    json_t *layers = json_array();
+    for (int l = 0; layers && l < ev->routing_layers; l++) {
+        json_t *row = json_array();
+        for (int e = 0; row && e < ev->routing_experts; e++)
+            /* 6 decimals: the float's digits, not its double expansion's */
+            json_array_append_new(
+                row, json_real(round(ev->routing[l * ev->routing_experts + e] * 1e6) / 1e6));
+        json_array_append_new(layers, row);
+    }
+    return json_pack("{s:O,s:o}", "adapters", j->route_names, "layers", layers);
+}
+
 static void stream_event(cmpl_job_t *j, const core_event_t *ev)
 {
     stream_begin_once(j);
@@ -394,6 +411,11 @@ static void stream_event(cmpl_job_t *j, const core_event_t *ev)
                                      err && ev->message ? ev->message : "the request was cancelled"));
     } else {
         sse_chunk(j, "", 0, finish_str(ev->finish), NULL);
+        if (ev->routing && j->route_names) { /* after the last choice, like usage */
+            json_t *doc = cmpl_envelope(j, json_array());
+            json_object_set_new(doc, "routing", routing_json(j, ev));
+            sse_write(j, doc);
+        }
         if (j->include_usage) {
             json_t *doc = cmpl_envelope(j, json_array());
             json_object_set_new(doc, "usage", usage_json(ev));
@@ -473,6 +495,8 @@ static void plain_done(cmpl_job_t *j, const core_event_t *ev)
     }
     json_t *doc = cmpl_envelope(j, json_pack("[o]", choice));
     json_object_set_new(doc, "usage", usage_json(ev));
+    if (ev->routing && j->route_names)
+        json_object_set_new(doc, "routing", routing_json(j, ev));
     api__send_json(j->sink, 200, doc);
 }
 
@@ -655,6 +679,9 @@ static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, const api_sel_
     r.prompt = q->ids;
     r.n_prompt = (int)q->n_ids;
     r.aset = sel->aset;
+    r.router = sel->router;
+    r.route = sel->route;
+    r.want_routing = sel->want_routing;
     r.group = j->tenant; /* fair share across tenants, weighted by their share */
     r.group_weight = j->share;
     r.sampling.temperature = (float)q->temperature;
@@ -673,6 +700,14 @@ static core_request_t cmpl_request(api_t *a, const cmpl_req_t *q, const api_sel_
     return r;
 }
 
+static json_t *route_names(const core_router_t *r)
+{
+    json_t *a = json_array();
+    for (int e = 0; a && e < r->n_experts; e++)
+        json_array_append_new(a, json_string(r->names[e]));
+    return a;
+}
+
 /* Submit j to the engine. The engine holds its own reference to the set after submit.
  * RC_INVALID from the engine (e.g. a request that can never fit the KV budget) is 400
  * with the engine's message; RC_BUSY (queue full) is 429 with Retry-After. */
@@ -683,6 +718,8 @@ static bool cmpl_submit(api_t *a, cmpl_job_t *j, const cmpl_req_t *q, const api_
     if (!a->p.engine)
         return api__fail(f, 503, "no_engine", "the generation engine is not running");
     core_request_t r = cmpl_request(a, q, sel, j);
+    if (sel->router && sel->want_routing && !(j->route_names = route_names(sel->router)))
+        return api__fail(f, 500, "nomem", "out of memory");
     if (j->note)
         snprintf(j->note->adapter, sizeof j->note->adapter, "%.127s", sel->group);
     j->t_submit = cmpl_now(); /* before submit: the first event may come at once */
@@ -912,6 +949,7 @@ static void cmpl_job_free(api_t *a, api_job_t *job)
     free(j->text);
     free(j->gen);
     free(j->echo_text);
+    json_decref(j->route_names);
     api__lp_free(j->lp);
     free(j);
 }

@@ -133,6 +133,8 @@ typedef void (*api_param_handler_fn)(api_t *a, const api_request_t *req, const c
 void api__h_adapters_list(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_aliases_list(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_upload(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
+void api__h_router_create(api_t *a, const api_request_t *req, api_sink_t *sink,
+                          api_job_t **job); /* api/routers.c */
 void api__h_vllm_load(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__h_vllm_unload(api_t *a, const api_request_t *req, api_sink_t *sink, api_job_t **job);
 void api__hp_adapter_get(api_t *a, const api_request_t *req, const char *param, api_sink_t *sink,

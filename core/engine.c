@@ -73,8 +73,13 @@ static void seq_free(core_engine_t *e, seq_t *s)
         free(s->stop[i]);
     if (s->aset)
         core_aset_release(s->aset);
+    if (s->router)
+        core_router_release(s->router);
+    free(s->route_sum);
+    free(s->route_n);
     core_sampler_free(s->sampler);
     core_kv_free(s->kv);
+    core_kv_free(s->kvs);
     core_tok_stream_free(s->detok);
     free(s->group_name);
     free(s->held);
@@ -105,6 +110,22 @@ static double seq_weight(double w)
     return w < 1e-3 ? 1e-3 : w > 1e3 ? 1e3 : w;
 }
 
+/* The routed part of a request: the router (retained), its overrides, the sums that
+ * want_routing reports. false when out of memory. */
+static bool seq_route_init(seq_t *s, const core_request_t *r)
+{
+    core_router_retain(r->router);
+    s->router = r->router;
+    s->route = r->route;
+    s->dual = r->router->kind == CORE_ROUTER_XLORA;
+    if (!r->want_routing)
+        return true;
+    size_t nl = (size_t)r->router->n_layers;
+    s->route_sum = calloc(nl * (size_t)r->router->n_experts, sizeof *s->route_sum);
+    s->route_n = calloc(nl, sizeof *s->route_n);
+    return s->route_sum && s->route_n;
+}
+
 /* Copies everything the request points at; the engine thread creates the heavy parts
  * (KV cache, sampler, detokenizer) so submit stays cheap. */
 static seq_t *seq_new(core_engine_t *e, const core_request_t *r)
@@ -133,6 +154,10 @@ static seq_t *seq_new(core_engine_t *e, const core_request_t *r)
         core_aset_retain(r->aset);
         s->aset = r->aset;
     }
+    if (r->router && !seq_route_init(s, r)) {
+        seq_free(e, s);
+        return NULL;
+    }
     return s;
 }
 
@@ -143,10 +168,26 @@ static void seq_emit(seq_t *s, const core_event_t *ev)
     s->on_event(s->user, &e);
 }
 
+/* The sums turned into per-layer means, in place (the sequence ends with this event). */
+static void seq_route_means(seq_t *s, core_event_t *ev)
+{
+    if (!s->route_sum)
+        return;
+    int nl = s->router->n_layers, ne = s->router->n_experts;
+    for (int l = 0; l < nl; l++)
+        for (int k = 0; k < ne; k++)
+            s->route_sum[l * ne + k] = s->route_n[l] ? s->route_sum[l * ne + k] / (float)s->route_n[l]
+                                                     : 0.0f;
+    ev->routing = s->route_sum;
+    ev->routing_layers = nl;
+    ev->routing_experts = ne;
+}
+
 static void seq_emit_done(seq_t *s, core_finish_t finish, const char *text, size_t len)
 {
     core_event_t ev = {.kind = CORE_EV_DONE, .finish = finish, .text = text ? text : "",
                        .text_len = len, .n_prompt = s->n_prompt, .n_gen = s->n_gen};
+    seq_route_means(s, &ev);
     seq_emit(s, &ev);
 }
 
@@ -288,10 +329,11 @@ static void intake(core_engine_t *e, seq_t *list)
     for (seq_t *s = list, *next; s; s = next) {
         next = s->next;
         s->kv = core_kv_new(e->pool);
+        s->kvs = s->dual ? core_kv_new(e->pool) : NULL;
         s->sampler = core_sampler_new(s->sampling, e->model->cfg.n_vocab);
         s->detok = core_tok_stream_new(e->tok, true);
         s->grp = core__group_get(e, s->group_name);
-        if (!s->kv || !s->sampler || !s->detok || !s->grp) {
+        if (!s->kv || (s->dual && !s->kvs) || !s->sampler || !s->detok || !s->grp) {
             seq_emit_error(s, RC_NOMEM, "out of memory starting the sequence");
             core__group_gc(e, s->grp);
             seq_free(e, s);
@@ -359,15 +401,25 @@ static void cancel_all(core_engine_t *e)
 
 /* ---- planning a step ------------------------------------------------------------------- */
 
+/* Blocks for n more positions in each of s's caches (RC_BUSY: the pool is short; blocks
+ * the first cache took stay with it for its next positions). */
+static rc_t seq_reserve(seq_t *s, int n)
+{
+    rc_t rc = core_kv_reserve(s->kv, n);
+    if (rc == RC_OK && s->kvs)
+        rc = core_kv_reserve(s->kvs, n);
+    return rc;
+}
+
 /* Every decoding sequence gets the block for its next position; when the pool is empty a
  * victim is preempted (possibly the sequence itself) and the scan restarts. */
 static void reserve_decodes(core_engine_t *e)
 {
 restart:
     for (seq_t *s = e->running; s; s = s->next) {
-        if (!core__seq_decoding(s) || core_kv_blocks_needed(s->kv, 1) == 0)
+        if (!core__seq_decoding(s) || core__seq_blocks_needed(s, 1) == 0)
             continue;
-        rc_t rc = core_kv_reserve(s->kv, 1);
+        rc_t rc = seq_reserve(s, 1);
         if (rc == RC_OK)
             continue;
         if (rc == RC_BUSY) {
@@ -389,6 +441,12 @@ static void slot_add(core_engine_t *e, int n, seq_t *s, int n_tokens)
     sl->item.n_tokens = n_tokens;
     sl->item.kv = s->kv;
     sl->item.aset = s->aset;
+    sl->item.router = s->router;
+    sl->item.route_top_k = s->route.top_k;
+    sl->item.route_temperature = s->route.temperature;
+    sl->item.kv_scaling = s->kvs;
+    sl->item.route_sum = s->route_sum;
+    sl->item.route_n = s->route_n;
     sl->seq = s;
     sl->order = n;
     sl->fed0 = s->n_fed;
@@ -412,14 +470,14 @@ static int cand_cmp(const void *pa, const void *pb)
 }
 
 /* The largest part of a take-token chunk whose blocks the pool can give (<= 0: none).
- * Cutting k*block_tokens positions needs exactly k blocks fewer. */
+ * Cutting k*block_tokens positions needs exactly k blocks fewer per cache. */
 static int chunk_fit(const core_engine_t *e, const seq_t *s, int take)
 {
-    int need = core_kv_blocks_needed(s->kv, take);
+    int need = core__seq_blocks_needed(s, take), per = s->kvs ? 2 : 1;
     int n_free = core_kv_pool_n_free(e->pool);
     if (need <= n_free)
         return take;
-    return take - (need - n_free) * e->block_tokens;
+    return take - (need - n_free + per - 1) / per * e->block_tokens;
 }
 
 /* The prompt-logits buffer, made the first time a request wants it (most never do). */
@@ -449,7 +507,7 @@ static int plan_prefills(core_engine_t *e, int n, int budget)
             todo = todo < CORE_PROMPT_LOGITS_ROWS ? todo : CORE_PROMPT_LOGITS_ROWS;
         }
         int take = chunk_fit(e, s, todo < budget ? todo : budget);
-        if (take <= 0 || core_kv_reserve(s->kv, take) != RC_OK)
+        if (take <= 0 || seq_reserve(s, take) != RC_OK)
             continue; /* no blocks for it this step: it waits */
         s->grp->last_prefill = e->n_steps + 1;
         rows_taken |= seq_wants_rows(s);
@@ -758,8 +816,23 @@ static rc_t check_request(const core_engine_t *e, const core_request_t *r, core_
         return core_err(err, RC_INVALID,
                         "prompt (%d tokens) plus max_tokens (%d) exceeds the model context of %d tokens",
                         r->n_prompt, r->max_tokens, c->max_pos);
-    /* Fits alone in the pool, so it can always finish (preemption never deadlocks). */
+    if (r->aset && r->router)
+        return core_err(err, RC_INVALID, "a request applies an adapter set or a router, not both");
+    if (r->router) {
+        const core_router_t *ro = r->router;
+        if (ro->n_layers != c->n_layers || ro->dim != c->dim)
+            return core_err(err, RC_MISMATCH, "the router was built for another base model");
+        if (r->route.top_k < 0 || r->route.top_k > ro->n_experts)
+            return core_err(err, RC_INVALID, "top_k %d outside 0..%d (the router's experts)",
+                            r->route.top_k, ro->n_experts);
+        if (!(r->route.temperature >= 0.0f) || !isfinite(r->route.temperature))
+            return core_err(err, RC_INVALID, "routing temperature must be finite and >= 0");
+    }
+    /* Fits alone in the pool, so it can always finish (preemption never deadlocks); an
+     * X-LoRA request holds two caches. */
     long blocks = ((long)r->n_prompt + r->max_tokens + e->block_tokens - 1) / e->block_tokens;
+    if (r->router && r->router->kind == CORE_ROUTER_XLORA)
+        blocks *= 2;
     if (blocks > e->pool_blocks)
         return core_err(err, RC_INVALID,
                         "prompt (%d tokens) plus max_tokens (%d) needs %ld KV blocks of %d tokens "

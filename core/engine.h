@@ -11,7 +11,7 @@
  * block, and must copy what it keeps (text and ids are borrowed for the call). After the
  * CORE_EV_DONE or CORE_EV_ERROR event of a request no more events come for it.
  * Ownership: the engine copies the request (prompt, stop strings, group) and holds a
- * reference to its adapter set until the final event; model and tokenizer are borrowed for
+ * reference to its adapter set or router until the final event; model and tokenizer are borrowed for
  * the engine's life. */
 #ifndef CORE_ENGINE_H
 #define CORE_ENGINE_H
@@ -21,6 +21,7 @@
 
 #include "core/lora.h"
 #include "core/model.h"
+#include "core/router.h"
 #include "core/rc.h"
 #include "core/sampler.h"
 #include "core/tokenizer.h"
@@ -45,6 +46,11 @@ typedef struct {
                            * PROMPT: n_rows * n_vocab floats, row j for position pos0 + j */
     int n_vocab;
     int pos0, n_rows;     /* PROMPT: row j is the distribution of prompt token pos0 + j + 1 */
+    /* DONE of a routed request with want_routing: routing[l * routing_experts + e] is the
+     * mean weight of expert e over the (token, module) pairs of layer l that were routed
+     * (0 when none); borrowed for the call. NULL otherwise. */
+    const float *routing;
+    int routing_layers, routing_experts;
 } core_event_t;
 
 typedef void (*core_on_event_fn)(void *user, const core_event_t *ev);
@@ -53,6 +59,13 @@ typedef struct {
     const int32_t *prompt; /* copied */
     int n_prompt;          /* >= 1 */
     core_aset_t *aset;     /* NULL for base; retained by the engine */
+    /* Routed instead (aset NULL): per-token expert weights from router (core/router.h),
+     * retained by the engine; route holds the request's top_k / temperature overrides
+     * (0 = the router's). An X-LoRA request holds two KV caches (the scaling pass's too),
+     * so it needs twice the blocks. */
+    core_router_t *router;
+    core_route_params_t route;
+    bool want_routing;     /* DONE carries the per-layer mean weights (routed requests) */
     core_sampler_params_t sampling;
     int max_tokens;        /* >= 0 */
     bool ignore_eos;

@@ -1,4 +1,4 @@
-/* forward.c - the paged KV cache and the batched forward pass of a Llama-family model.
+/* forward.c - the batched forward pass of a Llama-family model.
  *
  * One core_forward call runs every new token of every item as one batch of T rows: each
  * linear layer is ONE GEMM over all T rows (the weights are read once per step), then
@@ -9,10 +9,8 @@
  * pairs on the compute pool. Layout: activations are row-major
  * (T, width), row r belonging to the item whose token range contains r, in item order.
  *
- * KV pool: one arena of n_blocks fixed-size blocks, mapped once (pages cost nothing until
- * first written), and a stack of free block ids. Block b holds, for every layer l, K then
- * V of block_tokens consecutive positions (kv_dim floats each). A cache is a block table;
- * position p lives in block table[p / block_tokens] at row p % block_tokens.
+ * The KV cache is core/kv.c; routed rows (routers, X-LoRA's scaling pass) are
+ * core/forward_route.c.
  *
  * Threads: a core_fwd_t, a pool and its caches belong to one thread at a time; the model
  * is only read. No threads are created here: the GEMM and the per-LoRA tasks run on the
@@ -28,261 +26,13 @@
 #include <sys/mman.h>
 
 #include "core/attention.h"
+#include "core/forward_int.h"
 #include "core/gemm.h"
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/pool.h"
 
-/* ---- paged KV cache ------------------------------------------------------------- */
-
-struct core_kv_pool {
-    int n_layers, kv_dim, max_pos, block_tokens;
-    size_t block_floats; /* n_layers * 2 * block_tokens * kv_dim */
-    int n_blocks, n_free;
-    int *free_ids; /* stack: free_ids[0 .. n_free) are free, the top is popped first */
-    float *arena;  /* (n_blocks, block_floats) */
-    size_t arena_bytes;
-};
-
-struct core_kv {
-    core_kv_pool_t *pool;
-    int len;      /* positions filled */
-    int n_blocks; /* blocks held: table[0 .. n_blocks), may cover more than len */
-    int cap;      /* entries of table */
-    int *table;
-    /* check_batch's duplicate detection: the step (of which scratch) last claiming it */
-    const void *claimed_by;
-    uint64_t claimed_step;
-};
-
-rc_t core_kv_pool_new(const core_config_t *cfg, size_t budget_bytes, int block_tokens,
-                      core_kv_pool_t **out, core_err_t *err)
-{
-    *out = NULL;
-    if (!cfg || cfg->n_layers < 1 || cfg->n_kv_heads < 1 || cfg->head_dim < 1 ||
-        cfg->max_pos < 1)
-        return core_err(err, RC_INVALID, "kv pool: bad model config");
-    if (block_tokens < 1 || block_tokens > (1 << 16))
-        return core_err(err, RC_INVALID, "kv pool: block_tokens %d outside 1..65536",
-                        block_tokens);
-    size_t kvd = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
-    size_t per_layer = 2 * (size_t)block_tokens * kvd;
-    if (per_layer > SIZE_MAX / sizeof(float) / (size_t)cfg->n_layers)
-        return core_err(err, RC_LIMIT, "kv pool: block size overflows");
-    size_t block_floats = per_layer * (size_t)cfg->n_layers;
-    size_t block_bytes = block_floats * sizeof(float);
-    size_t n = budget_bytes / block_bytes;
-    if (n == 0)
-        return core_err(err, RC_LIMIT,
-                        "kv budget of %zu bytes holds no block of %zu bytes (%d tokens)",
-                        budget_bytes, block_bytes, block_tokens);
-    if (n > INT_MAX)
-        n = INT_MAX;
-    core_kv_pool_t *p = calloc(1, sizeof *p);
-    if (!p)
-        return core_err(err, RC_NOMEM, "kv pool: out of memory");
-    p->n_layers = cfg->n_layers;
-    p->kv_dim = (int)kvd;
-    p->max_pos = cfg->max_pos;
-    p->block_tokens = block_tokens;
-    p->block_floats = block_floats;
-    p->n_blocks = p->n_free = (int)n;
-    p->arena_bytes = n * block_bytes;
-    p->free_ids = malloc(n * sizeof *p->free_ids);
-    /* mmap, not malloc: the budget is reserved address space, only written pages cost */
-    void *a = mmap(NULL, p->arena_bytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    p->arena = a == MAP_FAILED ? NULL : a;
-    if (!p->free_ids || !p->arena) {
-        core_kv_pool_free(p);
-        return core_err(err, RC_NOMEM, "kv pool: cannot map %zu bytes", n * block_bytes);
-    }
-    for (size_t i = 0; i < n; i++) /* block 0 on top: a fresh pool hands out 0, 1, 2... */
-        p->free_ids[i] = (int)(n - 1 - i);
-    *out = p;
-    return RC_OK;
-}
-
-void core_kv_pool_free(core_kv_pool_t *p)
-{
-    if (!p)
-        return;
-    if (p->arena)
-        munmap(p->arena, p->arena_bytes);
-    free(p->free_ids);
-    free(p);
-}
-
-int core_kv_pool_n_blocks(const core_kv_pool_t *p)
-{
-    return p->n_blocks;
-}
-
-int core_kv_pool_n_free(const core_kv_pool_t *p)
-{
-    return p->n_free;
-}
-
-int core_kv_pool_block_tokens(const core_kv_pool_t *p)
-{
-    return p->block_tokens;
-}
-
-size_t core_kv_pool_block_bytes(const core_kv_pool_t *p)
-{
-    return p->block_floats * sizeof(float);
-}
-
-int core_kv_pool_blocks_for(const core_kv_pool_t *p, int n_tokens)
-{
-    return n_tokens <= 0 ? 0 : (n_tokens - 1) / p->block_tokens + 1;
-}
-
-/* K of block b, layer l: (block_tokens, kv_dim); V follows at + block_tokens * kv_dim. */
-static inline float *kv_block(const core_kv_pool_t *p, int b, int l)
-{
-    return p->arena + (size_t)b * p->block_floats +
-           (size_t)l * 2 * (size_t)p->block_tokens * (size_t)p->kv_dim;
-}
-
-core_kv_t *core_kv_new(core_kv_pool_t *pool)
-{
-    if (!pool)
-        return NULL;
-    core_kv_t *kv = calloc(1, sizeof *kv);
-    if (kv)
-        kv->pool = pool;
-    return kv;
-}
-
-void core_kv_free(core_kv_t *kv)
-{
-    if (!kv)
-        return;
-    core_kv_reset(kv);
-    free(kv->table);
-    free(kv);
-}
-
-int core_kv_len(const core_kv_t *kv)
-{
-    return kv->len;
-}
-
-int core_kv_n_blocks(const core_kv_t *kv)
-{
-    return kv->n_blocks;
-}
-
-int core_kv_blocks_needed(const core_kv_t *kv, int n_new)
-{
-    long long want = (long long)kv->len + (n_new > 0 ? n_new : 0);
-    if (want > INT_MAX)
-        want = INT_MAX;
-    int need = core_kv_pool_blocks_for(kv->pool, (int)want) - kv->n_blocks;
-    return need > 0 ? need : 0;
-}
-
-/* Room in the table for n block ids (doubling, capped at what max_pos can use). Holds
- * no blocks, so failing here changes nothing visible. */
-static rc_t kv_table_grow(core_kv_t *kv, int n)
-{
-    if (n <= kv->cap)
-        return RC_OK;
-    int most = core_kv_pool_blocks_for(kv->pool, kv->pool->max_pos);
-    int cap = kv->cap ? kv->cap : 4;
-    while (cap < n)
-        cap = cap > most / 2 ? most : cap * 2;
-    if (cap < n)
-        cap = n;
-    int *t = realloc(kv->table, (size_t)cap * sizeof *t);
-    if (!t)
-        return RC_NOMEM;
-    kv->table = t;
-    kv->cap = cap;
-    return RC_OK;
-}
-
-/* Pop need blocks into the table; the caller checked the pool and grew the table. */
-static void kv_take(core_kv_t *kv, int need)
-{
-    core_kv_pool_t *p = kv->pool;
-    for (int i = 0; i < need; i++)
-        kv->table[kv->n_blocks++] = p->free_ids[--p->n_free];
-}
-
-rc_t core_kv_reserve(core_kv_t *kv, int n_new)
-{
-    if (n_new < 0)
-        return RC_INVALID;
-    if (n_new > kv->pool->max_pos - kv->len)
-        return RC_LIMIT;
-    int need = core_kv_blocks_needed(kv, n_new);
-    if (need == 0)
-        return RC_OK;
-    if (need > kv->pool->n_free)
-        return RC_BUSY;
-    rc_t rc = kv_table_grow(kv, kv->n_blocks + need);
-    if (rc)
-        return rc;
-    kv_take(kv, need);
-    return RC_OK;
-}
-
-void core_kv_reset(core_kv_t *kv)
-{
-    core_kv_pool_t *p = kv->pool;
-    /* pushed last-first so the next sequence gets them back in the same order */
-    while (kv->n_blocks > 0)
-        p->free_ids[p->n_free++] = kv->table[--kv->n_blocks];
-    kv->len = 0;
-}
-
 /* ---- scratch -------------------------------------------------------------------- */
-
-/* One distinct LoRA of the step (build_plan) and the rows that apply it, in row order,
- * each with its weight: the sum of the weights its item's set gives this LoRA. */
-typedef struct {
-    const core_lora_t *lora;
-    size_t at, n_rows; /* rows prow[at .. at + n_rows), weights pw[at .. at + n_rows) */
-    bool contiguous;   /* rows prow[at], prow[at] + 1, ...: read in place, no gather */
-} fwd_plora_t;
-
-/* One LoRA's share of one module in a wave of lora_add. */
-typedef struct {
-    const fwd_plora_t *pl;
-    const core_lora_mod_t *lm;
-    float *xg;  /* (n_rows, n_in) its rows of x gathered (unused when contiguous) */
-    float *h;   /* (n_rows, r) shrink output */
-    float *out; /* (n_rows, n_out) its own slab, or NULL: expand straight into y */
-} fwd_ltask_t;
-
-struct core_fwd {
-    const core_model_t *m;
-    uint64_t n_steps; /* core_forward calls so far: stamps kv caches in check_batch */
-    double *inv_freq; /* (head_dim/2) RoPE frequencies, scaling applied */
-    size_t cap_rows;  /* rows of the per-token buffers below */
-    float *block;     /* one allocation carved into: */
-    float *x, *xn;    /* (rows, dim) residual stream, normalized / projection output */
-    float *q, *att;   /* (rows, n_heads*head_dim) */
-    float *k, *v;     /* (rows, n_kv_heads*head_dim) */
-    float *gate, *up; /* (rows, hidden_dim) */
-    float *cos, *sin; /* (rows, head_dim/2) */
-    size_t cap_xl, cap_lg; /* floats */
-    float *xl;     /* (out rows, dim) hidden states whose logits are wanted */
-    float *logits; /* (out rows, n_vocab) when several items share the lm_head GEMM */
-    /* the step's LoRA plan (build_plan) and one wave of lora_add's buffers */
-    size_t cap_plora, n_plora;
-    fwd_plora_t *plora;  /* distinct LoRAs in order of first use */
-    fwd_ltask_t *ltasks; /* (cap_plora) one wave's tasks */
-    int *pidx;           /* (cap_plora) plan index of each (item, term), build_plan only */
-    size_t cap_prow;
-    size_t *prow; /* every LoRA's rows, concatenated */
-    float *pw;    /* their weights */
-    size_t cap_wave;                /* LoRA rows one wave holds */
-    size_t cap_xg, cap_slab, cap_h; /* floats */
-    float *xg, *slab, *h; /* (cap_wave, widest module) x2, (cap_wave, widest rank) */
-};
 
 /* transformers' _compute_llama3_parameters: long wavelengths are slowed by factor,
  * short ones kept, the band between interpolated smoothly. */
@@ -339,6 +89,9 @@ void core_fwd_free(core_fwd_t *f)
     free(f->xg);
     free(f->slab);
     free(f->h);
+    free(f->lam), free(f->rplora), free(f->rprow), free(f->rpw);
+    free(f->xs), free(f->xs_at), free(f->xh), free(f->xscr);
+    free(f->sub), free(f->rkv), free(f->rkv_n);
     free(f);
 }
 
@@ -412,7 +165,8 @@ static rc_t lora_grow(core_fwd_t *f, size_t n_rows, size_t n_items, size_t max_r
     size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim, hid = (size_t)c->hidden_dim;
     width = qd > width ? qd : width, width = kvd > width ? kvd : width;
     width = hid > width ? hid : width;
-    size_t wave = wave_rows(n_rows), n_lora = n_items * CORE_ASET_MAX;
+    /* a routed item may bring CORE_ROUTER_MAX_EXPERTS LoRAs to one module's plan */
+    size_t wave = wave_rows(n_rows), n_lora = n_items * CORE_ROUTER_MAX_EXPERTS;
     size_t n_prow = n_rows * CORE_ASET_MAX;
     rc_t rc;
     if ((rc = grow(&f->xg, &f->cap_xg, wave * width)) ||
@@ -515,6 +269,17 @@ static rc_t check_item(const core_model_t *m, const core_fwd_item_t *it, int i, 
         if (rc)
             return rc;
     }
+    if (it->router) {
+        rc_t rc = core__route_check(c, it, i, err);
+        if (rc)
+            return rc;
+        const core_kv_t *ks = it->kv_scaling;
+        if (it->router->kind == CORE_ROUTER_XLORA &&
+            (!ks || ks == it->kv || ks->pool->n_layers != c->n_layers ||
+             ks->pool->kv_dim != p->kv_dim || ks->len != it->kv->len))
+            return core_err(err, RC_INVALID, "item %d: an X-LoRA item needs its own scaling "
+                            "cache holding as many positions as its cache", i);
+    }
     for (int t = 0; t < it->n_tokens; t++)
         if (it->tokens[t] < 0 || it->tokens[t] >= c->n_vocab)
             return core_err(err, RC_INVALID,
@@ -543,8 +308,20 @@ static rc_t check_batch(core_fwd_t *f, const core_fwd_item_t *items, int n_items
             return core_err(err, RC_INVALID, "item %d shares its kv cache with an earlier item", i);
         it->kv->claimed_by = f;
         it->kv->claimed_step = f->n_steps;
+        if (it->kv_scaling && it->router && it->router->kind == CORE_ROUTER_XLORA) {
+            core_kv_t *ks = it->kv_scaling;
+            if (ks->claimed_by == f && ks->claimed_step == f->n_steps)
+                return core_err(err, RC_INVALID, "item %d shares its scaling cache", i);
+            ks->claimed_by = f;
+            ks->claimed_step = f->n_steps;
+        }
         d->n_rows += (size_t)it->n_tokens;
         d->n_out += it->all_logits ? (size_t)it->n_tokens : 1;
+        if (it->router) {
+            size_t r = core__route_max_rank(it);
+            d->max_rank = r > d->max_rank ? r : d->max_rank;
+            continue;
+        }
         /* a set repeated on adjacent items was measured already */
         if (!it->aset || (i > 0 && core_aset_equal(items[i - 1].aset, it->aset)))
             continue;
@@ -556,32 +333,17 @@ static rc_t check_batch(core_fwd_t *f, const core_fwd_item_t *items, int n_items
     return RC_OK;
 }
 
-/* The KV blocks of every item, all or none: RC_BUSY (nothing taken) when some pool has
- * fewer free blocks than the items drawing from it need together. */
-static rc_t reserve_blocks(core_fwd_item_t *items, int n_items, core_err_t *err)
+/* Every cache the step appends to: each item's, and the scaling caches of X-LoRA items. */
+static rc_t reserve_items(core_fwd_t *f, const core_fwd_item_t *items, int n_items,
+                          core_err_t *err)
 {
+    int n = 0;
     for (int i = 0; i < n_items; i++) {
-        core_kv_t *kv = items[i].kv;
-        if (kv_table_grow(kv, kv->n_blocks + core_kv_blocks_needed(kv, items[i].n_tokens)))
-            return core_err(err, RC_NOMEM, "item %d: out of memory for its block table", i);
+        f->rkv[n] = items[i].kv, f->rkv_n[n++] = items[i].n_tokens;
+        if (items[i].router && items[i].router->kind == CORE_ROUTER_XLORA)
+            f->rkv[n] = items[i].kv_scaling, f->rkv_n[n++] = items[i].n_tokens;
     }
-    for (int i = 0; i < n_items; i++) {
-        const core_kv_pool_t *p = items[i].kv->pool;
-        int j = 0, need = 0;
-        while (items[j].kv->pool != p) /* count each pool once, at its first item */
-            j++;
-        if (j < i)
-            continue;
-        for (; j < n_items; j++)
-            if (items[j].kv->pool == p)
-                need += core_kv_blocks_needed(items[j].kv, items[j].n_tokens);
-        if (need > p->n_free)
-            return core_err(err, RC_BUSY, "kv pool: the step needs %d blocks, %d are free",
-                            need, p->n_free);
-    }
-    for (int i = 0; i < n_items; i++)
-        kv_take(items[i].kv, core_kv_blocks_needed(items[i].kv, items[i].n_tokens));
-    return RC_OK;
+    return core__kv_reserve_all(f->rkv, f->rkv_n, n, err);
 }
 
 /* The distinct LoRAs of set s (NULL: none) with their summed weights; zero sums are left
@@ -695,7 +457,7 @@ static void linear(float *y, const float *x, const core_linear_t *L, size_t n_ro
 
 /* One wave of lora_add: tasks t[0 .. n_tasks) of one module. */
 typedef struct {
-    const core_fwd_t *f;
+    const fwd_plan_t *plan;
     const float *x; /* (T, n_in) */
     float *y;       /* (T, n_out) */
     size_t n_in, n_out, n_tasks;
@@ -709,8 +471,8 @@ typedef struct {
 static void lora_task_run(const lora_wave_t *w, const fwd_ltask_t *t)
 {
     const fwd_plora_t *pl = t->pl;
-    const size_t *rows = w->f->prow + pl->at;
-    const float *wt = w->f->pw + pl->at;
+    const size_t *rows = w->plan->prow + pl->at;
+    const float *wt = w->plan->pw + pl->at;
     size_t n = pl->n_rows, r = (size_t)t->lm->r, n_in = w->n_in;
     const float *xs = w->x + rows[0] * n_in;
     if (!pl->contiguous) {
@@ -744,7 +506,7 @@ static void lora_scatter(void *arg, size_t c0, size_t c1)
     const lora_wave_t *w = arg;
     for (size_t k = 0; k < w->n_tasks; k++) {
         const fwd_ltask_t *t = &w->t[k];
-        const size_t *rows = w->f->prow + t->pl->at;
+        const size_t *rows = w->plan->prow + t->pl->at;
         for (size_t i = 0; i < t->pl->n_rows; i++) {
             float *yr = w->y + rows[i] * w->n_out;
             const float *sr = t->out + i * w->n_out;
@@ -775,20 +537,20 @@ static void lora_wave_run(lora_wave_t *w, size_t macs, size_t slab_rows)
         core_pool_for(w->n_out, LORA_SCATTER_GRAIN, lora_scatter, w);
 }
 
-/* y[rows of l] += (w_row s_l) (x[rows of l] A_l^T) B_l^T for every LoRA l of the step's
- * plan that targets this module: each LoRA's A and B read once for all its rows, at its
- * own rank (no padding); base-only rows belong to no LoRA. The LoRAs are packed into
- * waves that fit the slab (one wave in a decode step). x: (T, n_in)  y: (T, n_out)
+/* y[rows of l] += (w_row s_l) (x[rows of l] A_l^T) B_l^T for every LoRA l of the plan
+ * that targets this module: each LoRA's A and B read once for all its rows, at its own
+ * rank (no padding); base-only rows belong to no LoRA. The LoRAs are packed into waves
+ * that fit the slab (one wave in a decode step). x: (T, n_in)  y: (T, n_out)
  * A_l: (r_l, n_in)  B_l: (n_out, r_l). */
-static void lora_add(const core_fwd_t *f, int layer, core_mod_t mod, const float *x, float *y,
-                     const core_linear_t *L)
+void core__fwd_plan_add(const core_fwd_t *f, const fwd_plan_t *plan, int layer, core_mod_t mod,
+                        const float *x, float *y, const core_linear_t *L)
 {
     size_t n_in = (size_t)L->n_in, n_out = (size_t)L->n_out, rows = 0, hf = 0, macs = 0;
-    lora_wave_t w = {f, x, y, n_in, n_out, 0, f->ltasks};
-    for (size_t p = 0; p < f->n_plora; p++) {
-        const fwd_plora_t *pl = &f->plora[p];
+    lora_wave_t w = {plan, x, y, n_in, n_out, 0, f->ltasks};
+    for (size_t p = 0; p < plan->n; p++) {
+        const fwd_plora_t *pl = &plan->p[p];
         const core_lora_mod_t *lm = core_lora_mod(pl->lora, layer, mod);
-        if (!lm->A)
+        if (!lm->A || !pl->n_rows)
             continue;
         size_t n = pl->n_rows, r = (size_t)lm->r;
         if (w.n_tasks && (rows + n > f->cap_wave || hf + n * r > f->cap_h)) {
@@ -801,6 +563,15 @@ static void lora_add(const core_fwd_t *f, int layer, core_mod_t mod, const float
     }
     if (w.n_tasks)
         lora_wave_run(&w, macs, rows);
+}
+
+/* The adapter sets' delta (the step's plan), then the routed rows' (a plan per module). */
+static void lora_add(core_fwd_t *f, int layer, core_mod_t mod, const float *x, float *y,
+                     const core_linear_t *L)
+{
+    fwd_plan_t plan = {f->plora, f->n_plora, f->prow, f->pw};
+    core__fwd_plan_add(f, &plan, layer, mod, x, y, L);
+    core__route_add(f, layer, mod, x, y, L);
 }
 
 /* HF rotate_half RoPE on each head: the first and second halves of a head are the two
@@ -966,6 +737,43 @@ static void logits_out(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *it
     }
 }
 
+/* Embeddings, then every layer, over the items' rows (T of them); LoRA plans built. */
+static void run_layers(const core_model_t *m, core_fwd_t *f, const core_fwd_item_t *items,
+                       int n_items, size_t T)
+{
+    build_plan(f, items, n_items);
+    f->cur = items, f->n_cur = n_items;
+    size_t dim = (size_t)m->cfg.dim, row = 0;
+    for (int i = 0; i < n_items; i++)
+        for (int t = 0; t < items[i].n_tokens; t++, row++)
+            memcpy(f->x + row * dim, m->embed + (size_t)items[i].tokens[t] * dim,
+                   dim * sizeof(float));
+    rope_tables(f, items, n_items);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        attn_block(m, f, items, n_items, l, T);
+        mlp_block(m, f, l, T);
+    }
+}
+
+/* X-LoRA's first pass (ADAPTER-MATH 2.3): the X-LoRA items' tokens through their scaling
+ * caches with every expert at scaling_pass_value, the final-norm hidden states turned
+ * into each item's scalings for the real pass. */
+static void xlora_scaling_pass(const core_model_t *m, core_fwd_t *f,
+                               const core_fwd_item_t *items, int n_items)
+{
+    int n_sub = core__xlora_sub_items(f, items, n_items);
+    size_t T = 0, dim = (size_t)m->cfg.dim;
+    for (int i = 0; i < n_sub; i++)
+        T += (size_t)f->sub[i].n_tokens;
+    f->scaling_pass = true;
+    run_layers(m, f, f->sub, n_sub, T);
+    f->scaling_pass = false;
+    rmsnorm(f->xh, f->x, m->final_norm, T, dim, m->cfg.norm_eps);
+    for (int i = 0; i < n_sub; i++)
+        f->sub[i].kv->len += f->sub[i].n_tokens;
+    core__xlora_scalings(f, items, n_items);
+}
+
 rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, int n_items,
                   core_err_t *err)
 {
@@ -978,24 +786,14 @@ rc_t core_forward(const core_model_t *m, core_fwd_t *f, core_fwd_item_t *items, 
     if ((rc = check_batch(f, items, n_items, &d, err)))
         return rc;
     /* scratch before blocks: a failure after taking blocks would leave them reserved */
-    if ((rc = fwd_grow(f, d.n_rows, d.n_out, (size_t)n_items, d.max_rank)))
+    if ((rc = fwd_grow(f, d.n_rows, d.n_out, (size_t)n_items, d.max_rank)) ||
+        (rc = core__route_grow(f, items, n_items, d.n_rows)))
         return core_err(err, rc, "forward: out of memory for a batch of %zu tokens", d.n_rows);
-    if ((rc = reserve_blocks(items, n_items, err)))
+    if ((rc = reserve_items(f, items, n_items, err)))
         return rc;
-    build_plan(f, items, n_items);
-
-    /* embeddings of every new token, item after item */
-    size_t dim = (size_t)m->cfg.dim, row = 0;
-    for (int i = 0; i < n_items; i++)
-        for (int t = 0; t < items[i].n_tokens; t++, row++)
-            memcpy(f->x + row * dim, m->embed + (size_t)items[i].tokens[t] * dim,
-                   dim * sizeof(float));
-    rope_tables(f, items, n_items);
-
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        attn_block(m, f, items, n_items, l, d.n_rows);
-        mlp_block(m, f, l, d.n_rows);
-    }
+    if (f->n_xlora)
+        xlora_scaling_pass(m, f, items, n_items);
+    run_layers(m, f, items, n_items, d.n_rows);
     logits_out(m, f, items, n_items, d.n_out);
     for (int i = 0; i < n_items; i++)
         items[i].kv->len += items[i].n_tokens;

@@ -399,6 +399,12 @@ out:
 
 rc_t core_lora_load(const char *dir, const core_config_t *base, core_lora_t **out, core_err_t *err)
 {
+    return core_lora_load_ex(dir, base, NULL, out, err);
+}
+
+rc_t core_lora_load_ex(const char *dir, const core_config_t *base, const core_lora_params_t *p,
+                       core_lora_t **out, core_err_t *err)
+{
     *out = NULL;
     char cfg_path[4096], st_path[4096], bin_path[4096];
     snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
@@ -417,7 +423,7 @@ rc_t core_lora_load(const char *dir, const core_config_t *base, core_lora_t **ou
     core_st_params_t sp = core_lora_st_params(base);
     rc = core_st_open_file_ex(st_path, &sp, &st, err);
     if (!rc)
-        rc = core_lora_from_parts(text, st, base, out, err);
+        rc = core_lora_from_parts_ex(text, st, base, p, out, err);
     core_st_free(st); /* weights were copied to f32 */
     free(text);
     return rc;

@@ -62,6 +62,9 @@ typedef struct {
 } core_lora_params_t;
 
 core_lora_params_t core_lora_default_params(void);
+/* core_lora_load held to p (NULL: the defaults). */
+rc_t core_lora_load_ex(const char *dir, const core_config_t *base, const core_lora_params_t *p,
+                       core_lora_t **out, core_err_t *err);
 /* core_lora_from_parts held to p (NULL: the defaults). */
 rc_t core_lora_from_parts_ex(const char *config_json, const struct core_st *st,
                              const core_config_t *base, const core_lora_params_t *p,

@@ -138,7 +138,8 @@ rc_t core_kv_reserve(core_kv_t *kv, int n_new);
 /* Drop every position and return all blocks (preemption); the cache stays usable. */
 void core_kv_reset(core_kv_t *kv);
 
-struct core_aset; /* core/lora.h */
+struct core_aset;   /* core/lora.h */
+struct core_router; /* core/router.h */
 
 typedef struct {
     const int32_t *tokens;  /* n_tokens new tokens, appended after core_kv_len(kv) */
@@ -147,6 +148,20 @@ typedef struct {
     const struct core_aset *aset; /* NULL: base only; else its LoRAs, weighted */
     float *logits;           /* OUT: n_vocab floats (last token), or n_tokens*n_vocab if all_logits */
     bool all_logits;
+    /* Routed items (aset NULL): per-token expert weights from router, with the request's
+     * overrides (0 = the router's top_k / temperature). An X-LoRA item also needs
+     * kv_scaling, the scaling pass's own cache from the same pool, which must hold as many
+     * positions as kv (both advance together). */
+    const struct core_router *router;
+    int route_top_k;
+    float route_temperature;
+    core_kv_t *kv_scaling;
+    /* Optional OUT for routed items (return_routing): route_sum[layer * n_experts + e] +=
+     * expert e's weight as applied (X-LoRA: times global_scaling_weight) summed over this
+     * step's tokens and the layer's routed modules (not in the X-LoRA scaling pass);
+     * route_n[layer] += the number of (token, module) pairs in that sum. NULL: skipped. */
+    float *route_sum;
+    int *route_n;
 } core_fwd_item_t;
 
 /* Scratch for core_forward. core_fwd_reserve sizes it for the largest step (rows = token

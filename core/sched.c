@@ -120,6 +120,13 @@ void core__running_remove(core_engine_t *e, seq_t *s)
 void core__seq_preempt(core_engine_t *e, seq_t *s)
 {
     core_kv_reset(s->kv);
+    if (s->kvs)
+        core_kv_reset(s->kvs);
+    if (s->route_sum) /* the recompute sums every position again */
+        memset(s->route_sum, 0, (size_t)s->router->n_layers * (size_t)s->router->n_experts *
+                                    sizeof *s->route_sum);
+    if (s->route_n)
+        memset(s->route_n, 0, (size_t)s->router->n_layers * sizeof *s->route_n);
     s->n_fed = 0;
     core__running_remove(e, s);
     core__wait_push(e, s, true);
@@ -189,7 +196,7 @@ static int decode_blocks(const core_engine_t *e)
     int n = 0;
     for (const seq_t *s = e->running; s; s = s->next)
         if (core__seq_decoding(s))
-            n += core_kv_blocks_needed(s->kv, 1);
+            n += core__seq_blocks_needed(s, 1);
     return n;
 }
 
@@ -197,7 +204,7 @@ static int decode_blocks(const core_engine_t *e)
 static int start_blocks(const core_engine_t *e, const seq_t *s)
 {
     int chunk = s->n_tokens < e->params.max_batch_tokens ? s->n_tokens : e->params.max_batch_tokens;
-    return core_kv_pool_blocks_for(e->pool, chunk);
+    return core_kv_pool_blocks_for(e->pool, chunk) * (s->dual ? 2 : 1);
 }
 
 /* ---- admission and fair preemption -------------------------------------------------- */
@@ -221,9 +228,9 @@ static bool fair_preempt(core_engine_t *e, int *reserved)
     if (!v || v == g || share_cmp(v->n_running - 1, v->weight, g->n_running + 1, g->weight) < 0)
         return false;
     seq_t *victim = group_newest(e, v);
-    int gives = core__seq_decoding(victim) ? core_kv_blocks_needed(victim->kv, 1) : 0;
+    int gives = core__seq_decoding(victim) ? core__seq_blocks_needed(victim, 1) : 0;
     if (start_blocks(e, g->wait_head) + *reserved - gives >
-        core_kv_pool_n_free(e->pool) + core_kv_n_blocks(victim->kv))
+        core_kv_pool_n_free(e->pool) + core__seq_n_blocks(victim))
         return false;
     core__seq_preempt(e, victim);
     *reserved -= gives;
@@ -280,7 +287,7 @@ seq_t *core__pick_victim(const core_engine_t *e)
 {
     seq_t *best = NULL;
     for (seq_t *s = e->running; s; s = s->next) {
-        if (core_kv_n_blocks(s->kv) == 0) /* preempting it would free nothing */
+        if (core__seq_n_blocks(s) == 0) /* preempting it would free nothing */
             continue;
         int c = 0;
         if (best && !e->params.fifo)

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "core/engine.h"
+#include "core/router.h"
 
 typedef struct group group_t;
 typedef struct qcount qcount_t;
@@ -27,6 +28,11 @@ typedef struct seq {
     bool ignore_eos, want_logits, want_prompt_logits;
     int plog_sent;       /* prompt positions whose logits were sent (PROMPT events) */
     core_aset_t *aset;   /* retained; NULL = base */
+    core_router_t *router; /* retained; routed instead of aset (NULL: not routed) */
+    core_route_params_t route;
+    bool dual;           /* X-LoRA: a second cache, kvs, for the scaling pass */
+    float *route_sum;    /* want_routing: (n_layers, n_experts) weight sums */
+    int *route_n;        /* (n_layers) (token, module) pairs summed */
     char *group_name;    /* copied at submit */
     double weight;       /* the request's group weight, sanitized at submit */
     group_t *grp;        /* engine thread: resolved at intake */
@@ -35,6 +41,7 @@ typedef struct seq {
     core_sampler_params_t sampling;
     core_sampler_t *sampler;
     core_kv_t *kv;
+    core_kv_t *kvs;      /* dual only: the scaling pass's cache, same positions as kv */
     core_tok_stream_t *detok;
     char *stop[CORE_MAX_STOP];
     size_t stop_len[CORE_MAX_STOP];
@@ -105,6 +112,17 @@ struct core_engine {
 static inline bool core__seq_decoding(const seq_t *s)
 {
     return s->n_tokens - s->n_fed == 1;
+}
+
+/* The KV blocks s needs for n more positions, and holds, over both its caches. */
+static inline int core__seq_blocks_needed(const seq_t *s, int n)
+{
+    return core_kv_blocks_needed(s->kv, n) + (s->kvs ? core_kv_blocks_needed(s->kvs, n) : 0);
+}
+
+static inline int core__seq_n_blocks(const seq_t *s)
+{
+    return core_kv_n_blocks(s->kv) + (s->kvs ? core_kv_n_blocks(s->kvs) : 0);
 }
 
 /* ---- core/sched.c: engine thread unless noted ---- */

@@ -66,7 +66,8 @@ static const flag_t flags[] = {
     {"model-name", FLAG_STR, OFF(model_name), "", 0, 0, SERVE, "NAME",
      "name the base model is served as (empty: the model folder's base name)"},
     {"adapters-dir", FLAG_STR, OFF(adapters_dir), "", 0, 0, SERVE, "DIR",
-     "import every PEFT sub-folder of DIR at start-up, named after the sub-folder (empty: none)"},
+     "import every PEFT sub-folder of DIR at start-up, named after the sub-folder, router "
+     "folders (X-LoRA, router_config.json) after the adapters (empty: none)"},
     {"chat-template", FLAG_STR, OFF(chat_template), "", 0, 0, SERVE, "FILE",
      "Jinja chat template for /v1/chat/completions (empty: chat_template of the model's "
      "tokenizer_config.json; none: chat answers 400)"},
@@ -74,7 +75,11 @@ static const flag_t flags[] = {
      "state folder: adapterd.db (the index of adapters, tenants and API keys), adapterd.lock, "
      "blobs/ (adapter files by sha256) and tmp/"},
     {"name", FLAG_STR, OFF(name), "", 0, 0, IMPORT, "NAME",
-     "name the imported adapter is indexed under"},
+     "name the imported adapter (or router) is indexed under"},
+    {"experts", FLAG_STR, OFF(experts), "", 0, 0, IMPORT, "LIST",
+     "router folders without expert sub-folders: the stored adapters (NAME or NAME@VERSION, "
+     "comma-separated, in the config's expert order) it routes over (empty: the config's "
+     "expert names)"},
     {"threads", FLAG_INT, OFF(threads), "2", 1, 256, BOTH, "N", "BLAS threads"},
     {"max-body-bytes", FLAG_SIZE, OFF(max_body_bytes), "2000000", 0, 1LL << 40, SERVE, "BYTES",
      "largest request body read into memory (adapter uploads are streamed: "

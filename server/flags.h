@@ -65,6 +65,7 @@ typedef struct {
     const char *chat_template; /* "" = the model's tokenizer_config.json */
     const char *data_dir;
     const char *name; /* import: the adapter's name */
+    const char *experts; /* import of a router: its experts' specs, comma-separated ("" = none) */
     int threads;
 
     size_t max_body_bytes;

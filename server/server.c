@@ -187,6 +187,24 @@ static int import_tenant(const srv_config_t *cfg, store_t *store, int64_t *tenan
     return 0;
 }
 
+/* A router folder: its experts are its sub-folders, or --experts, or its config's names. */
+static rc_t import_router(const srv_config_t *cfg, store_t *store, int64_t tenant,
+                          store_adapter_t *row, core_err_t *err)
+{
+    char buf[CORE_ROUTER_MAX_EXPERTS * (STORE_SPEC_MAX + 1)];
+    const char *specs[CORE_ROUTER_MAX_EXPERTS];
+    int n = 0;
+    snprintf(buf, sizeof buf, "%s", cfg->experts ? cfg->experts : "");
+    for (char *save = NULL, *p = strtok_r(buf, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        if (n == CORE_ROUTER_MAX_EXPERTS)
+            return core_err(err, RC_INVALID, "--experts: more than %d experts",
+                            CORE_ROUTER_MAX_EXPERTS);
+        specs[n++] = p;
+    }
+    return store_router_import(store, tenant, cfg->import_dir, cfg->name, n ? specs : NULL, n,
+                               row, err);
+}
+
 int srv_import_run(const srv_config_t *cfg)
 {
     srv_log_set_level(cfg->log_level);
@@ -211,8 +229,11 @@ int srv_import_run(const srv_config_t *cfg)
     if ((status = import_tenant(cfg, store, &tenant)) != 0)
         goto out;
     import_progress_t prog = {.tty = isatty(STDERR_FILENO) != 0, .phase = NULL, .last_pct = -1};
-    rc = store_import(store, tenant, cfg->import_dir, cfg->name, import_progress, &prog, &row,
-                      &err);
+    if (core_router_dir_is_router(cfg->import_dir))
+        rc = import_router(cfg, store, tenant, &row, &err);
+    else
+        rc = store_import(store, tenant, cfg->import_dir, cfg->name, import_progress, &prog,
+                          &row, &err);
     if (rc != RC_OK) {
         char what[4200];
         snprintf(what, sizeof what, "import %s", cfg->import_dir);

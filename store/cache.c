@@ -6,14 +6,20 @@
  * Entries are kept in arrival order, so QUEUED entries start strictly first come, first
  * served (a large adapter is not starved by small ones behind it).
  *
- * A wait is one request's set of wants. It holds references to the wants already resident
- * (so they cannot be evicted under it) and counts the ones still loading. When an entry
- * becomes READY every wait that wants it gets a reference; when a load fails every wait
- * that wants it fails (and drops what it held).
+ * A wait is one request's set of wants, as items: one per adapter want, and for a router
+ * want its own row (the entry holds the router's parts: config text and parsed weights,
+ * store_rparts_t) followed by one item per expert (ordinary adapter entries). It holds
+ * references to the items already resident (so they cannot be evicted under it) and counts
+ * the ones still loading. When an entry becomes READY every wait that wants it gets a
+ * reference; when a load fails every wait that wants it fails (and drops what it held).
+ * When every item is held, each router want gets a core_router_t built from its parts and
+ * experts (core_router_from_parts retains the experts, so a running sequence keeps them in
+ * use through the router), and the wait's own references are dropped.
  *
- * Budget: READY and LOADING entries count their bytes. A READY entry is idle when the
- * cache holds the only reference (refcount 1: no wait, no running sequence, no set holds
- * it); only idle, unpinned entries are evicted, least recently used first. Reading the
+ * Budget: READY and LOADING entries count their bytes (a router's parts count its row's
+ * mem_bytes). A READY entry is idle when the cache holds the only reference (refcount 1:
+ * no wait, no running sequence, no set or router holds it); only idle, unpinned entries
+ * are evicted, least recently used first. Reading the
  * refcount without a lock is safe: only this thread hands out new references, so a count
  * of 1 can only grow through us.
  *
@@ -30,12 +36,23 @@
 
 #define STORE_LOAD_NICE 10
 
+/* One entry a wait needs (see above). */
+typedef struct {
+    int want;               /* index into wants */
+    int64_t id;
+    store_adapter_t row;    /* as resolved: a cold entry is made from it */
+    core_lora_t *lora;      /* held reference (adapter) */
+    store_rparts_t *parts;  /* held reference (router parts) */
+} wait_item_t;
+
 struct store_wait {
     struct store_wait *next;
     store_t *s;
     store_want_t *wants;
     int n;
-    int n_pending;
+    wait_item_t *items;
+    int n_items, cap_items;
+    int n_pending;          /* items not held yet */
     store_ready_fn cb;
     void *user;
     uint64_t since_ms;
@@ -52,6 +69,7 @@ typedef struct {
     int64_t id;
     store_adapter_t row;
     core_lora_t *lora;
+    store_rparts_t *parts;  /* a router row's load */
     rc_t rc;
     core_err_t err;
     double ms;
@@ -86,17 +104,31 @@ static store_entry_t *cache_add(store_t *s, const store_adapter_t *row)
     return e;
 }
 
+/* References besides nobody's: the entry's object's refcount (READY only). */
+static int entry_refs(const store_entry_t *e)
+{
+    if (e->lora)
+        return __atomic_load_n(&e->lora->refcount, __ATOMIC_ACQUIRE);
+    if (e->parts)
+        return __atomic_load_n(&e->parts->refcount, __ATOMIC_ACQUIRE);
+    return 0;
+}
+
 /* Dropping the cache's reference may free tens of MB (munmap takes milliseconds), so
  * the release runs on the executor, off the loop thread. */
 typedef struct {
     store_task_t t;
     store_t *s;
     core_lora_t *lora;
+    store_rparts_t *parts;
 } cache_release_t;
 
 static void release_work(store_task_t *t)
 {
-    core_lora_release(((cache_release_t *)t)->lora);
+    cache_release_t *r = (cache_release_t *)t;
+    if (r->lora)
+        core_lora_release(r->lora);
+    store__rparts_release(r->parts);
 }
 
 static void release_done(store_task_t *t)
@@ -106,14 +138,17 @@ static void release_done(store_task_t *t)
     free(r);
 }
 
-static void cache_release_lora(store_t *s, core_lora_t *lora)
+static void cache_release_obj(store_t *s, core_lora_t *lora, store_rparts_t *parts)
 {
     cache_release_t *r = calloc(1, sizeof *r);
     if (!r) {
-        core_lora_release(lora);
+        if (lora)
+            core_lora_release(lora);
+        store__rparts_release(parts);
         return;
     }
-    *r = (cache_release_t){.t = {release_work, release_done}, .s = s, .lora = lora};
+    *r = (cache_release_t){.t = {release_work, release_done}, .s = s, .lora = lora,
+                           .parts = parts};
     store__task_submit(s, &r->t);
 }
 
@@ -125,8 +160,8 @@ static void cache_remove(store_t *s, store_entry_t *e)
             break;
         }
     }
-    if (e->lora)
-        cache_release_lora(s, e->lora);
+    if (e->lora || e->parts)
+        cache_release_obj(s, e->lora, e->parts);
     free(e);
 }
 
@@ -134,6 +169,8 @@ static uint64_t cache_entry_bytes(const store_entry_t *e)
 {
     if (e->state == SE_READY && e->lora)
         return e->lora->n_bytes;
+    if (e->state == SE_READY && e->parts)
+        return (uint64_t)e->row.mem_bytes;
     return e->state == SE_LOADING ? (uint64_t)e->row.mem_bytes : 0;
 }
 
@@ -147,8 +184,7 @@ static uint64_t cache_used(store_t *s)
 
 static bool cache_idle(const store_entry_t *e)
 {
-    return e->state == SE_READY && !e->pinned &&
-           __atomic_load_n(&e->lora->refcount, __ATOMIC_ACQUIRE) == 1;
+    return e->state == SE_READY && !e->pinned && entry_refs(e) == 1;
 }
 
 uint64_t store__cache_pinned_bytes(store_t *s)
@@ -190,20 +226,105 @@ static void wait_unlink(store_t *s, struct store_wait *w)
     }
 }
 
+static bool item_held(const wait_item_t *it)
+{
+    return it->lora || it->parts;
+}
+
+/* Take a reference to READY entry e for it. */
+static void item_take(store_entry_t *e, wait_item_t *it)
+{
+    if (e->lora) {
+        core_lora_retain(e->lora);
+        it->lora = e->lora;
+    } else {
+        store__rparts_retain(e->parts);
+        it->parts = e->parts;
+    }
+}
+
+/* Drop the references the items hold. */
+static void wait_release_items(struct store_wait *w)
+{
+    for (int i = 0; i < w->n_items; i++) {
+        wait_item_t *it = &w->items[i];
+        if (it->lora)
+            core_lora_release(it->lora);
+        store__rparts_release(it->parts);
+        it->lora = NULL;
+        it->parts = NULL;
+    }
+}
+
 static void wait_release(struct store_wait *w)
 {
+    wait_release_items(w);
     for (int i = 0; i < w->n; i++) {
         if (w->wants[i].lora)
             core_lora_release(w->wants[i].lora);
+        if (w->wants[i].router)
+            core_router_release(w->wants[i].router);
         w->wants[i].lora = NULL;
+        w->wants[i].router = NULL;
     }
+}
+
+static void wait_free(struct store_wait *w)
+{
+    free(w->items);
+    free(w);
+}
+
+/* Router want i from its items: own = the parts, then n_exp experts in expert order. */
+static rc_t wait_build(store_t *s, store_want_t *want, wait_item_t *own, int n_exp,
+                       core_err_t *err)
+{
+    core_lora_t *ex[CORE_ROUTER_MAX_EXPERTS];
+    core_err_t e = {{0}};
+    char label[STORE_NAME_MAX + 48];
+    for (int j = 0; j < n_exp; j++)
+        ex[j] = own[1 + j].lora;
+    rc_t rc = core_router_from_parts(own->parts->config, own->parts->st, ex, n_exp,
+                                     &s->p.base->cfg, &want->router, &e);
+    if (rc == RC_OK)
+        return RC_OK;
+    snprintf(label, sizeof label, "router %s@%d cannot be built", own->row.name,
+             own->row.version);
+    return store__err_named(err, RC_UNAVAILABLE, &e, label);
+}
+
+/* Every item is held: hand the adapters to their wants, build the routers, and drop the
+ * wait's remaining references (each router holds its own to its experts). */
+static rc_t wait_complete(store_t *s, struct store_wait *w, core_err_t *err)
+{
+    int k = 0;
+    for (int i = 0; i < w->n; i++) {
+        wait_item_t *own = &w->items[k];
+        int n_exp = 0;
+        while (k + 1 + n_exp < w->n_items && w->items[k + 1 + n_exp].want == i)
+            n_exp++;
+        if (own->lora) {
+            w->wants[i].lora = own->lora; /* the wait's reference becomes the caller's */
+            own->lora = NULL;
+        } else {
+            rc_t rc = wait_build(s, &w->wants[i], own, n_exp, err);
+            if (rc != RC_OK)
+                return rc;
+        }
+        k += 1 + n_exp;
+    }
+    wait_release_items(w);
+    return RC_OK;
 }
 
 /* The wait is over: unlinked, and its callback runs (or, inside store_acquire, the
  * outcome is recorded for the caller). */
 static void wait_finish(store_t *s, struct store_wait *w, rc_t rc, const core_err_t *err)
 {
+    core_err_t built;
     wait_unlink(s, w);
+    if (rc == RC_OK && (rc = wait_complete(s, w, &built)) != RC_OK)
+        err = &built;
     if (rc != RC_OK)
         wait_release(w);
     w->finished = true;
@@ -213,13 +334,13 @@ static void wait_finish(store_t *s, struct store_wait *w, rc_t rc, const core_er
     if (w->in_call)
         return;
     w->cb(w->user, rc, &w->err);
-    free(w);
+    wait_free(w);
 }
 
 static bool wait_wants(const struct store_wait *w, int64_t id)
 {
-    for (int i = 0; i < w->n; i++)
-        if (w->wants[i].row.id == id)
+    for (int i = 0; i < w->n_items; i++)
+        if (w->items[i].id == id)
             return true;
     return false;
 }
@@ -244,11 +365,11 @@ static void cache_finish_marked(store_t *s, rc_t rc, const core_err_t *err)
 static void cache_deliver(store_t *s, store_entry_t *e)
 {
     for (struct store_wait *w = s->waits; w; w = w->next) {
-        for (int i = 0; i < w->n; i++) {
-            if (w->wants[i].row.id != e->id || w->wants[i].lora)
+        for (int i = 0; i < w->n_items; i++) {
+            wait_item_t *it = &w->items[i];
+            if (it->id != e->id || item_held(it))
                 continue;
-            core_lora_retain(e->lora);
-            w->wants[i].lora = e->lora;
+            item_take(e, it);
             w->n_pending--;
         }
         w->marked = w->n_pending == 0;
@@ -286,7 +407,10 @@ static void load_work(store_task_t *t)
     struct timespec a, b;
     load_nice();
     clock_gettime(CLOCK_MONOTONIC, &a);
-    l->rc = store__load_verified(l->s, &l->row, &l->lora, &l->err);
+    if (store_kind_is_router(l->row.kind))
+        l->rc = store__rparts_load(l->s, &l->row, &l->parts, &l->err);
+    else
+        l->rc = store__load_verified(l->s, &l->row, &l->lora, &l->err);
     clock_gettime(CLOCK_MONOTONIC, &b);
     l->ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
 }
@@ -329,12 +453,14 @@ static void load_done(store_task_t *t)
     if (!e) { /* forgotten (deleted) while loading and nobody waits */
         if (l->lora)
             core_lora_release(l->lora);
+        store__rparts_release(l->parts);
     } else if (l->rc != RC_OK) {
         load_failed(s, e, l);
     } else {
         s->stats.n_loads++;
         e->state = SE_READY;
         e->lora = l->lora; /* the cache's reference */
+        e->parts = l->parts;
         cache_deliver(s, e);
         e = store__cache_find(s, l->id); /* a callback's acquire may have evicted it */
         if (e && e->row.state == STORE_STATE_DELETED && cache_idle(e))
@@ -414,69 +540,134 @@ static void usage_count(store_t *s, int64_t id)
     s->usage[s->n_usage++] = (store_usage_t){id, 1, now};
 }
 
-/* Resolve one want for tenant and take the resident reference if there is one. Entries
- * are keyed by row id, unique across tenants: two tenants' adapters of one name never
- * share an entry, while a published adapter is one entry for all its users.
- * OUT: *pending. */
-static rc_t acquire_one(store_t *s, int64_t tenant, store_want_t *w, bool *pending,
-                        core_err_t *err)
+/* Append an item for want i. */
+static rc_t wait_add_item(struct store_wait *w, int want, const store_adapter_t *row,
+                          core_err_t *err)
 {
-    rc_t rc = store__resolve(s, tenant, w->spec, &w->row, err);
+    if (w->n_items == w->cap_items) {
+        int cap = w->cap_items ? w->cap_items * 2 : 8;
+        wait_item_t *nv = realloc(w->items, (size_t)cap * sizeof *nv);
+        if (!nv)
+            return core_err(err, RC_NOMEM, "store: out of memory");
+        w->items = nv;
+        w->cap_items = cap;
+    }
+    w->items[w->n_items++] = (wait_item_t){.want = want, .id = row->id, .row = *row};
+    return RC_OK;
+}
+
+/* A router want's experts as items after its own, each checked like a want of its own
+ * (a broken expert is RC_UNAVAILABLE naming it). */
+static rc_t acquire_experts(store_t *s, struct store_wait *w, int want, const store_adapter_t *r,
+                            core_err_t *err)
+{
+    store_adapter_t rows[CORE_ROUTER_MAX_EXPERTS];
+    char label[STORE_NAME_MAX + 32];
+    int n = 0;
+    uint64_t need = (uint64_t)r->mem_bytes;
+    rc_t rc = store__router_expert_rows(s, r->id, rows, &n, err);
+    snprintf(label, sizeof label, "router %s@%d", r->name, r->version);
+    if (rc == RC_OK && n == 0)
+        rc = core_err(err, RC_UNAVAILABLE, "%s has no experts in the index", label);
+    for (int j = 0; j < n; j++)
+        need += (uint64_t)rows[j].mem_bytes;
+    /* its parts and every expert are resident at once while it is used */
+    if (rc == RC_OK && need > s->p.cache_budget_bytes)
+        rc = core_err(err, RC_LIMIT,
+                      "%s needs %llu bytes in memory with its experts, more than the whole "
+                      "adapter cache (--adapter-cache-bytes %llu)",
+                      label, (unsigned long long)need,
+                      (unsigned long long)s->p.cache_budget_bytes);
+    for (int j = 0; rc == RC_OK && j < n; j++) {
+        if (rows[j].state == STORE_STATE_DELETED)
+            rc = core_err(err, RC_UNAVAILABLE, "%s: its expert %s@%d was deleted", label,
+                          rows[j].name, rows[j].version);
+        else if ((rc = acquire_check(s, &rows[j], err)) != RC_OK)
+            rc = store__err_named(err, rc, err, label);
+        else
+            rc = wait_add_item(w, want, &rows[j], err);
+    }
+    return rc;
+}
+
+/* Resolve want i for tenant into items: its own row, and a router's experts. */
+static rc_t acquire_resolve(store_t *s, int64_t tenant, struct store_wait *w, int i,
+                            core_err_t *err)
+{
+    store_want_t *want = &w->wants[i];
+    rc_t rc = store__resolve(s, tenant, want->spec, &want->row, err);
     if (rc == RC_OK)
-        rc = acquire_check(s, &w->row, err);
-    if (rc != RC_OK)
-        return rc;
-    usage_count(s, w->row.id);
-    store_entry_t *e = store__cache_find(s, w->row.id);
+        rc = acquire_check(s, &want->row, err);
+    if (rc == RC_OK)
+        rc = wait_add_item(w, i, &want->row, err);
+    if (rc == RC_OK && store_kind_is_router(want->row.kind))
+        rc = acquire_experts(s, w, i, &want->row, err);
+    return rc;
+}
+
+/* Take the resident reference of one item if there is one. Entries are keyed by row id,
+ * unique across tenants: two tenants' adapters of one name never share an entry, while a
+ * published adapter is one entry for all its users. OUT: *pending. */
+static rc_t acquire_item(store_t *s, wait_item_t *it, bool *pending, core_err_t *err)
+{
+    usage_count(s, it->id);
+    store_entry_t *e = store__cache_find(s, it->id);
     if (e && e->state == SE_BROKEN)
         return core_err(err, e->fail_rc, "%s", e->fail_msg);
     if (e && e->state == SE_READY) {
         s->stats.n_hits++;
-        core_lora_retain(e->lora);
-        w->lora = e->lora;
+        item_take(e, it);
         e->last_use = ++s->clock;
         return RC_OK;
     }
     s->stats.n_misses++;
-    if (!e && !cache_add(s, &w->row))
+    if (!e && !cache_add(s, &it->row))
         return core_err(err, RC_NOMEM, "store: out of memory");
     *pending = true;
     return RC_OK;
 }
 
+/* Resolve every want and take what is resident. OUT: w->items, w->n_pending. */
+static rc_t acquire_all(store_t *s, int64_t tenant, struct store_wait *w, core_err_t *err)
+{
+    rc_t rc = RC_OK;
+    for (int i = 0; i < w->n && rc == RC_OK; i++)
+        rc = acquire_resolve(s, tenant, w, i, err);
+    for (int k = 0; k < w->n_items && rc == RC_OK; k++) {
+        bool pending = false;
+        rc = acquire_item(s, &w->items[k], &pending, err);
+        w->n_pending += pending;
+    }
+    return rc;
+}
+
 rc_t store_acquire(store_t *s, int64_t tenant, store_want_t *wants, int n, store_ready_fn cb,
                    void *user, store_wait_t **wait, core_err_t *err)
 {
-    int n_pending = 0;
-    rc_t rc = RC_OK;
     *wait = NULL;
     /* The wait for room is measured from now, not from the last tick. */
     s->now_ms = store__now_ms();
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         wants[i].lora = NULL;
+        wants[i].router = NULL;
+    }
     if (!s->p.base) /* opened for the tenant and key commands: nothing can load */
         return core_err(err, RC_INVALID, "no base model loaded: adapters cannot be loaded");
-    for (int i = 0; i < n && rc == RC_OK; i++) {
-        bool pending = false;
-        rc = acquire_one(s, tenant, &wants[i], &pending, err);
-        n_pending += pending;
-    }
     struct store_wait *w = calloc(1, sizeof *w);
-    if (rc == RC_OK && !w)
-        rc = core_err(err, RC_NOMEM, "store: out of memory");
-    if (rc != RC_OK || n_pending == 0) {
-        free(w);
+    if (!w)
+        return core_err(err, RC_NOMEM, "store: out of memory");
+    *w = (struct store_wait){.s = s, .wants = wants, .n = n, .cb = cb, .user = user,
+                             .since_ms = s->now_ms, .in_call = true};
+    rc_t rc = acquire_all(s, tenant, w, err);
+    if (rc == RC_OK && w->n_pending == 0)
+        rc = wait_complete(s, w, err); /* all resident: no wait, no callback */
+    if (rc != RC_OK || w->n_pending == 0) {
         if (rc != RC_OK)
-            for (int i = 0; i < n; i++)
-                if (wants[i].lora) {
-                    core_lora_release(wants[i].lora);
-                    wants[i].lora = NULL;
-                }
+            wait_release(w);
+        wait_free(w);
         return rc;
     }
-    *w = (struct store_wait){.next = s->waits, .s = s, .wants = wants, .n = n,
-                             .n_pending = n_pending, .cb = cb, .user = user,
-                             .since_ms = s->now_ms, .in_call = true};
+    w->next = s->waits;
     s->waits = w;
     cache_pump(s); /* with a synchronous executor the loads finish right here */
     if (!w->finished) {
@@ -487,7 +678,7 @@ rc_t store_acquire(store_t *s, int64_t tenant, store_want_t *wants, int n, store
     rc = w->rc;
     if (rc != RC_OK)
         *err = w->err;
-    free(w);
+    wait_free(w);
     return rc;
 }
 
@@ -497,7 +688,7 @@ void store_wait_cancel(store_t *s, store_wait_t *w)
         return;
     wait_unlink(s, w);
     wait_release(w);
-    free(w);
+    wait_free(w);
 }
 
 /* ---- housekeeping ---- */
@@ -508,8 +699,9 @@ static void cache_expire(store_t *s)
     bool any = false;
     for (struct store_wait *w = s->waits; w; w = w->next) {
         bool stuck = false;
-        for (int i = 0; i < w->n && !stuck; i++) {
-            store_entry_t *e = w->wants[i].lora ? NULL : store__cache_find(s, w->wants[i].row.id);
+        for (int i = 0; i < w->n_items && !stuck; i++) {
+            const wait_item_t *it = &w->items[i];
+            store_entry_t *e = item_held(it) ? NULL : store__cache_find(s, it->id);
             stuck = e && e->state == SE_QUEUED && s->now_ms - e->queued_ms >= s->p.load_wait_ms;
         }
         w->marked = stuck;
@@ -596,7 +788,7 @@ void store_runtime(store_t *s, int64_t id, store_runtime_t *rt)
     if (rt->broken)
         snprintf(rt->reason, sizeof rt->reason, "%.255s", e->fail_msg);
     if (rt->resident)
-        rt->n_users = __atomic_load_n(&e->lora->refcount, __ATOMIC_ACQUIRE) - 1;
+        rt->n_users = entry_refs(e) - 1;
 }
 
 void store_stats(store_t *s, store_stats_t *out)
@@ -620,13 +812,14 @@ void store__cache_close(store_t *s)
         struct store_wait *w = s->waits;
         s->waits = w->next;
         wait_release(w);
-        free(w);
+        wait_free(w);
     }
     while (s->entries) {
         store_entry_t *e = s->entries;
         s->entries = e->next;
         if (e->lora)
             core_lora_release(e->lora);
+        store__rparts_release(e->parts);
         free(e);
     }
 }

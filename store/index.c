@@ -86,6 +86,15 @@ static const char *const idx_migrations[] = {
     "  name TEXT PRIMARY KEY,"
     "  tenant_id INTEGER NOT NULL REFERENCES tenants(id),"
     "  published INTEGER NOT NULL);",
+    /* 3 -> 4: routers (kind xlora/phatgoose/arrow rows of adapters) and their experts,
+     * adapter versions fixed at registration, in expert order. The index on adapter_id
+     * serves the delete check ("is this version an expert of a live router?"). */
+    "CREATE TABLE router_experts ("
+    "  router_id INTEGER NOT NULL REFERENCES adapters(id),"
+    "  idx INTEGER NOT NULL,"
+    "  adapter_id INTEGER NOT NULL REFERENCES adapters(id),"
+    "  PRIMARY KEY (router_id, idx));"
+    "CREATE INDEX router_experts_adapter ON router_experts (adapter_id);",
 };
 #define IDX_SCHEMA_VERSION ((int)(sizeof idx_migrations / sizeof idx_migrations[0]))
 
@@ -448,6 +457,81 @@ static rc_t w_quota(store_t *s, const store_insert_t *in, core_err_t *err)
     return rc;
 }
 
+/* A router's experts must still be live LoRA rows when its row commits: a delete may
+ * have run since the loop thread resolved them. Both transactions are BEGIN IMMEDIATE,
+ * so this check and the delete's "expert of a live router" check cannot interleave. */
+static rc_t w_experts_live(store_t *s, const store_insert_t *in, core_err_t *err)
+{
+    for (int i = 0; i < in->n_experts; i++) {
+        store_adapter_t r;
+        rc_t rc = w_row(s, "SELECT " STORE_IDX_COLS " FROM adapters AS a WHERE a.id = ?1", "i",
+                        &r, err, in->experts[i]);
+        if (rc == RC_NOT_FOUND)
+            return core_err(err, RC_NOT_FOUND, "expert %d of router '%s' no longer exists", i + 1,
+                            in->name);
+        if (rc != RC_OK)
+            return rc;
+        if (r.state == STORE_STATE_DELETED)
+            return core_err(err, RC_NOT_FOUND, "expert '%s@%d' of router '%s' was deleted",
+                            r.name, r.version, in->name);
+        if (store_kind_is_router(r.kind))
+            return core_err(err, RC_INVALID,
+                            "expert '%s@%d' of router '%s' is a router: experts are LoRA adapters",
+                            r.name, r.version, in->name);
+    }
+    return RC_OK;
+}
+
+/* Whether row id has exactly in's experts, in order (none for an adapter). */
+static rc_t w_same_experts(store_t *s, int64_t id, const store_insert_t *in, bool *same,
+                           core_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    int i = 0, r;
+    *same = true;
+    if (sqlite3_prepare_v2(s->wdb,
+                           "SELECT adapter_id FROM router_experts WHERE router_id = ?1 ORDER BY idx",
+                           -1, &st, NULL) != SQLITE_OK)
+        return store__idx_err(s->wdb, err, "prepare");
+    sqlite3_bind_int64(st, 1, id);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (i >= in->n_experts || sqlite3_column_int64(st, 0) != in->experts[i])
+            *same = false;
+        i++;
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE)
+        return store__idx_err(s->wdb, err, "router experts");
+    if (i != in->n_experts)
+        *same = false;
+    return RC_OK;
+}
+
+static rc_t w_insert_experts(store_t *s, int64_t router_id, const store_insert_t *in,
+                             core_err_t *err)
+{
+    rc_t rc = RC_OK;
+    for (int i = 0; rc == RC_OK && i < in->n_experts; i++)
+        rc = store__w_stmt(s, NULL, err,
+                           "INSERT INTO router_experts (router_id, idx, adapter_id)"
+                           " VALUES (?1, ?2, ?3)",
+                           "ini", router_id, i, in->experts[i]);
+    return rc;
+}
+
+/* The reuse rule of imports: the newest live version has the same bytes (and, for a
+ * router, the same experts), so importing it again is that row. */
+static rc_t w_reusable(store_t *s, const store_insert_t *in, const store_adapter_t *newest,
+                       bool *yes, core_err_t *err)
+{
+    *yes = in->reuse_same && newest->state == STORE_STATE_READY &&
+           strcmp(newest->kind, in->probe->kind) == 0 &&
+           strcmp(newest->sha256, in->probe->sha256) == 0 &&
+           strcmp(newest->config_sha256, in->probe->config_sha256) == 0 &&
+           strcmp(newest->base_fingerprint, s->p.base->fingerprint) == 0;
+    return *yes ? w_same_experts(s, newest->id, in, yes, err) : RC_OK;
+}
+
 /* Inside the transaction: the checks, then install, then the row. */
 static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
                         rc_t (*install)(void *, core_err_t *), void *ctx, store_adapter_t *row,
@@ -465,14 +549,15 @@ static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
     if (rc == RC_OK && in->fail_if_exists)
         return core_err(err, RC_EXISTS, "The lora adapter '%s' has already been loaded.",
                         in->name);
-    if (rc == RC_OK && in->reuse_same && newest.state == STORE_STATE_READY &&
-        strcmp(newest.sha256, in->probe->sha256) == 0 &&
-        strcmp(newest.config_sha256, in->probe->config_sha256) == 0 &&
-        strcmp(newest.base_fingerprint, s->p.base->fingerprint) == 0) {
+    bool reuse = false;
+    if (rc == RC_OK && (rc = w_reusable(s, in, &newest, &reuse, err)) == RC_OK && reuse) {
         *row = newest;
         return install(ctx, err); /* the blobs exist; installing again is a no-op */
     }
     if (rc != RC_OK && rc != RC_NOT_FOUND)
+        return rc;
+    rc = w_experts_live(s, in, err);
+    if (rc != RC_OK)
         return rc;
     rc = w_int(s, "SELECT MAX(version) FROM adapters WHERE tenant_id = ?1 AND name = ?2", "it",
                &max_v, err, in->tenant, in->name);
@@ -489,9 +574,12 @@ static rc_t w_insert_tx(store_t *s, const store_insert_t *in,
     row->created = (int64_t)time(NULL);
     row->state = STORE_STATE_READY;
     rc = w_insert_row(s, in->tenant, row, err);
+    int64_t id = sqlite3_last_insert_rowid(s->wdb);
+    if (rc == RC_OK) /* the router's experts commit with its row */
+        rc = w_insert_experts(s, id, in, err);
     if (rc == RC_OK) /* read back: tenant_id and published as stored */
         rc = w_row(s, "SELECT " STORE_IDX_COLS " FROM adapters AS a WHERE a.id = ?1", "i", row,
-                   err, sqlite3_last_insert_rowid(s->wdb));
+                   err, id);
     return rc;
 }
 
@@ -506,7 +594,33 @@ rc_t store__w_insert(store_t *s, const store_insert_t *in,
     return w_end(s, rc, err);
 }
 
-/* The ids a delete affects, and a refusal when an alias points at one. */
+/* RC_EXISTS when version id of name is an expert of a router that is not deleted. */
+static rc_t w_router_using(store_t *s, int64_t id, const char *name, int version,
+                           core_err_t *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->wdb,
+                           "SELECT r.name, r.version FROM router_experts AS re JOIN adapters AS r"
+                           " ON r.id = re.router_id WHERE re.adapter_id = ?1 AND"
+                           " r.state != 'deleted' ORDER BY r.id LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return store__idx_err(s->wdb, err, "prepare");
+    sqlite3_bind_int64(st, 1, id);
+    int r = sqlite3_step(st);
+    rc_t rc = RC_OK;
+    if (r == SQLITE_ROW)
+        rc = core_err(err, RC_EXISTS,
+                      "adapter '%s@%d' is an expert of router '%s@%d'; delete the router first",
+                      name, version, (const char *)sqlite3_column_text(st, 0),
+                      sqlite3_column_int(st, 1));
+    else if (r != SQLITE_DONE)
+        rc = store__idx_err(s->wdb, err, "router experts");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* The ids a delete affects, and a refusal when an alias points at one or a live router
+ * uses one as an expert. */
 static rc_t w_delete_ids(store_t *s, int64_t tenant, const char *spec, const char *name,
                          int version, int64_t **ids, size_t *n, core_err_t *err)
 {
@@ -530,6 +644,9 @@ static rc_t w_delete_ids(store_t *s, int64_t tenant, const char *spec, const cha
                           sqlite3_column_int(st, 1));
             break;
         }
+        rc = w_router_using(s, sqlite3_column_int64(st, 0), name, sqlite3_column_int(st, 1), err);
+        if (rc != RC_OK)
+            break;
         int64_t *nv = realloc(*ids, (*n + 1) * sizeof *nv);
         if (!nv) {
             rc = core_err(err, RC_NOMEM, "store: out of memory");

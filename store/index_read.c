@@ -53,6 +53,8 @@ static const char *const idx_rsql[RS__COUNT] = {
     [RS_OWNS] = "SELECT EXISTS (SELECT 1 FROM adapters WHERE tenant_id = ?1 AND name = ?2"
                 " AND state != 'deleted') OR EXISTS (SELECT 1 FROM aliases WHERE"
                 " tenant_id = ?1 AND name = ?2)",
+    [RS_ROUTER_EXPERTS] = "SELECT " STORE_IDX_COLS " FROM router_experts AS re JOIN adapters AS a"
+                          " ON a.id = re.adapter_id WHERE re.router_id = ?1 ORDER BY re.idx",
 };
 
 rc_t store__idx_prepare_reader(store_t *s, core_err_t *err)
@@ -241,6 +243,28 @@ rc_t store__row_by_id(store_t *s, int64_t id, store_adapter_t *row, core_err_t *
 {
     sqlite3_bind_int64(s->rst[RS_BY_ID], 1, id);
     return r_one(s, RS_BY_ID, row, err);
+}
+
+rc_t store__router_expert_rows(store_t *s, int64_t id, store_adapter_t *rows, int *n,
+                               core_err_t *err)
+{
+    sqlite3_stmt *st = s->rst[RS_ROUTER_EXPERTS];
+    rc_t rc = RC_OK;
+    int r;
+    *n = 0;
+    sqlite3_bind_int64(st, 1, id);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == CORE_ROUTER_MAX_EXPERTS) {
+            rc = core_err(err, RC_FORMAT, "router row %lld has more than %d experts",
+                          (long long)id, CORE_ROUTER_MAX_EXPERTS);
+            break;
+        }
+        store__idx_row_read(st, &rows[(*n)++]);
+    }
+    if (rc == RC_OK && r != SQLITE_DONE)
+        rc = store__idx_err(s->rdb, err, "router experts");
+    r_done(st);
+    return rc;
 }
 
 /* ---- lists ---- */

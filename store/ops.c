@@ -77,6 +77,12 @@ out:
     return rc;
 }
 
+rc_t store__read_file(const char *path, uint64_t max, uint8_t **out, size_t *len,
+                      core_err_t *err)
+{
+    return ops_read_file(path, max, out, len, err);
+}
+
 static void ops_probe_fill(const core_lora_t *l, uint64_t size, store_adapter_t *p)
 {
     memset(p, 0, sizeof *p);
@@ -742,6 +748,29 @@ static bool ops_is_adapter_dir(const char *dir, const char *entry)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
+/* One sub-folder of store_import_dir: true when imported. Pass 0 takes adapters, pass 1
+ * routers (whose experts may be adapters of pass 0). */
+static bool ops_import_entry(store_t *s, int64_t tenant, const char *dir, const char *e,
+                             int pass)
+{
+    char sub[PATH_MAX];
+    core_err_t ierr = {{0}};
+    bool router = store__is_router_dir(dir, e);
+    if (e[0] == '.' || router != (pass == 1) || (!router && !ops_is_adapter_dir(dir, e)))
+        return false; /* not a folder of this pass */
+    snprintf(sub, sizeof sub, "%s/%s", dir, e);
+    if (!store_name_valid(e)) {
+        fprintf(stderr, "adapterd: store: skipping '%s': folder name is not a valid "
+                        "adapter name\n", sub);
+        return false;
+    }
+    rc_t rc = router ? store_router_import(s, tenant, sub, e, NULL, 0, NULL, &ierr)
+                     : store_import(s, tenant, sub, e, NULL, NULL, NULL, &ierr);
+    if (rc != RC_OK)
+        fprintf(stderr, "adapterd: store: skipping '%s': %s\n", sub, ierr.msg);
+    return rc == RC_OK;
+}
+
 rc_t store_import_dir(store_t *s, int64_t tenant, const char *dir, int *n_imported,
                       core_err_t *err)
 {
@@ -754,23 +783,11 @@ rc_t store_import_dir(store_t *s, int64_t tenant, const char *dir, int *n_import
     int n = scandir(dir, &ents, NULL, alphasort); /* sorted: logs read the same every run */
     if (n < 0)
         return core_err(err, RC_IO, "adapters dir '%s': %s", dir, strerror(errno));
-    for (int i = 0; i < n; i++) {
-        const char *e = ents[i]->d_name;
-        char sub[PATH_MAX];
-        core_err_t ierr = {{0}};
-        snprintf(sub, sizeof sub, "%s/%s", dir, e);
-        if (e[0] == '.' || !ops_is_adapter_dir(dir, e)) {
-            /* not an adapter folder */
-        } else if (!store_name_valid(e)) {
-            fprintf(stderr, "adapterd: store: skipping '%s': folder name is not a valid "
-                            "adapter name\n", sub);
-        } else if (store_import(s, tenant, sub, e, NULL, NULL, NULL, &ierr) != RC_OK) {
-            fprintf(stderr, "adapterd: store: skipping '%s': %s\n", sub, ierr.msg);
-        } else {
-            n_ok++;
-        }
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++)
+            n_ok += ops_import_entry(s, tenant, dir, ents[i]->d_name, pass);
+    for (int i = 0; i < n; i++)
         free(ents[i]);
-    }
     free(ents);
     if (n_imported)
         *n_imported = n_ok;

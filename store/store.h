@@ -56,6 +56,7 @@
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/rc.h"
+#include "core/router.h"
 
 #define STORE_NAME_MAX 64
 #define STORE_SPEC_MAX (STORE_NAME_MAX + 12) /* "NAME@VERSION" */
@@ -135,7 +136,7 @@ typedef struct {
     bool published;      /* its name is published by its owner */
     char name[STORE_NAME_MAX + 1];
     int version;
-    char kind[16];       /* "lora" */
+    char kind[16];       /* "lora", or a router's: "xlora", "phatgoose", "arrow" */
     int rank;
     double alpha;
     char targets[128];   /* "q_proj,v_proj" */
@@ -200,7 +201,9 @@ void store_stats(store_t *s, store_stats_t *out);
 typedef struct {
     char spec[STORE_SPEC_MAX]; /* in */
     store_adapter_t row;       /* out: the resolved row (valid once resolved) */
-    core_lora_t *lora;         /* out: retained for the caller on success */
+    core_lora_t *lora;         /* out: retained for the caller on success (adapters) */
+    core_router_t *router;     /* out: retained for the caller on success when the spec
+                                * names a router (then lora is NULL); see "routers" */
 } store_want_t;
 
 typedef struct store_wait store_wait_t;
@@ -297,6 +300,61 @@ void store_pin(store_t *s, int64_t tenant, const char *spec, bool pin, store_don
  * newest version (published updated). Who may publish is the api's decision (admins). */
 void store_publish(store_t *s, int64_t tenant, const char *name, bool publish,
                    store_done_fn cb, void *user);
+
+/* ---- routers (core/router.h) ----------------------------------------------------------
+ * A router is stored like an adapter: a row of the adapters table (one namespace with
+ * adapters and aliases, versions, aliases may point at it, publish, pin, delete) whose kind
+ * is "xlora", "phatgoose" or "arrow". Its config blob is the router's config JSON as given
+ * (an X-LoRA adapter_config.json or xlora_config.json, or a router_config.json); its
+ * weights blob is the X-LoRA classifier, the PHATGOOSE gates, or the Arrow prototypes
+ * computed once at registration (core_router_arrow_save). Its experts are adapter versions
+ * (kind "lora") its tenant can resolve, fixed at registration as row ids in expert order
+ * (table router_experts); deleting an expert version that a live router uses is RC_EXISTS
+ * naming the router. Row fields: rank = its widest expert's config r, alpha 0, targets the
+ * union of its experts', size = weights blob bytes, mem_bytes = the bytes of its own parts
+ * in memory (its experts count on their own rows).
+ * store_acquire of a router's spec takes the router's parts and every expert through the
+ * resident cache like adapters (loads, single flight, budget, pins), then builds a
+ * core_router_t (core_router_from_parts) for the want: want->router, retained for the
+ * caller; want->lora stays NULL. A router that can no longer be built (an expert broken)
+ * is RC_UNAVAILABLE naming the expert. */
+
+bool store_kind_is_router(const char *kind);
+
+/* The experts of router row id, in expert order, as "NAME@VERSION". OUT: *specs malloc'd
+ * (n_experts entries), *n. RC_NOT_FOUND when id is not a router. */
+rc_t store_router_experts(store_t *s, int64_t id, char (**specs)[STORE_SPEC_MAX], int *n,
+                          core_err_t *err);
+
+typedef struct {
+    const char *config;        /* the router config JSON (not NUL-terminated) */
+    size_t config_len;
+    const uint8_t *weights;    /* classifier or gates (safetensors); NULL for Arrow */
+    size_t weights_len;
+    /* Specs resolved for the tenant now (aliases and NAME to their current version) in
+     * expert order; NULL: the config's expert names (core_router_cfg_experts) as specs. */
+    const char *const *experts;
+    int n_experts;
+} store_router_src_t;
+
+/* Register a router as a new version of name (a task; cb gets the new row). Validates by
+ * building it against the base with its experts loaded (RC_NOT_FOUND naming an unknown
+ * expert, RC_INVALID when the number of experts differs from the config's, the router's
+ * own refusals with their reasons). Same name rules, quota and RC_EXISTS-for-an-alias as
+ * uploads. src is copied before the call returns. */
+void store_router_put(store_t *s, int64_t tenant, const char *name,
+                      const store_router_src_t *src, store_done_fn cb, void *user);
+
+/* Blocking import of a router folder (core_router_dir_is_router(dir)) as name. When the
+ * expert sub-folders DIR/<expert>/ exist, each is first imported as the adapter
+ * "<name>.<expert>" (same validation as any adapter; a refused one refuses the router,
+ * the message naming the expert), and those versions become the experts; otherwise
+ * experts[0 .. n_experts) (or, when NULL, the config's expert names) name adapters
+ * already in the store. A new version unless the newest version of name has the same
+ * config, weights and experts. store_import_dir imports router sub-folders this way. */
+rc_t store_router_import(store_t *s, int64_t tenant, const char *dir, const char *name,
+                         const char *const *experts, int n_experts, store_adapter_t *row,
+                         core_err_t *err);
 
 /* ---- tenants and API keys ------------------------------------------------------------
  * Both tables are read into memory at open and kept current by the calls below, so the

@@ -7,6 +7,7 @@
  *            published names, lists
  *   cache.c  resident adapters: acquire, waits, single-flight loads, budget, LRU
  *   ops.c    changes: uploads, imports, delete, aliases, pins (tasks)
+ *   router.c routers: registration (put, import), their experts, their parts in memory
  *   blob.c   blob files (blob.h); fault.c failpoints (fault.h)
  *
  * Threads: fields marked [loop] belong to the store's thread; [w] to whoever holds wmu
@@ -35,18 +36,31 @@ typedef enum {
     RS_PINNED,
     RS_PUBLISHER,
     RS_OWNS,
+    RS_ROUTER_EXPERTS,
     RS__COUNT
 } store_rstmt_t;
 
 /* A resident (or loading, or failed) adapter version. [loop] */
 typedef enum { SE_QUEUED, SE_LOADING, SE_READY, SE_BROKEN } store_entry_state_t;
 
+/* A router's parts in memory (router.c): what core_router_from_parts needs besides the
+ * experts, verified against the row's sha256s. Immutable once loaded; refcounted (atomic)
+ * like a core_lora_t: the cache holds one reference, a wait one while it waits. */
+typedef struct store_rparts {
+    char *config;        /* NUL-terminated config JSON */
+    uint8_t *weights;    /* the weights blob's bytes (st borrows them) */
+    size_t weights_len;
+    struct core_st *st;  /* parsed weights */
+    int refcount;
+} store_rparts_t;
+
 typedef struct store_entry {
     struct store_entry *next;
     int64_t id;
     store_adapter_t row;     /* as resolved when the entry was made */
     store_entry_state_t state;
-    core_lora_t *lora;       /* SE_READY: the cache's reference */
+    core_lora_t *lora;       /* SE_READY, an adapter: the cache's reference */
+    store_rparts_t *parts;   /* SE_READY, a router: the cache's reference */
     uint64_t last_use;       /* LRU clock value of the last acquire */
     uint64_t queued_ms;      /* SE_QUEUED: since when it waits for room */
     bool pinned;
@@ -136,6 +150,10 @@ rc_t store__resolve(store_t *s, int64_t tenant, const char *spec, store_adapter_
  * OUT: *rows malloc'd. */
 rc_t store__pinned_rows(store_t *s, store_adapter_t **rows, size_t *n, core_err_t *err);
 rc_t store__row_by_id(store_t *s, int64_t id, store_adapter_t *row, core_err_t *err);
+/* The expert rows of router id in expert order (at most CORE_ROUTER_MAX_EXPERTS).
+ * OUT: rows[0 .. *n); *n 0 when id has none (not a router). */
+rc_t store__router_expert_rows(store_t *s, int64_t id, store_adapter_t *rows, int *n,
+                               core_err_t *err);
 /* "NAME" or "NAME@V" -> name and version (0 = none given). */
 rc_t store__spec_parse(const char *spec, char name[STORE_NAME_MAX + 1], int *version,
                        core_err_t *err);
@@ -148,9 +166,12 @@ typedef struct {
     const store_adapter_t *probe; /* kind, rank, alpha, targets, sha256s, size, mem_bytes */
     bool reuse_same;              /* imports: keep the newest row when its hashes match */
     bool fail_if_exists;
+    const int64_t *experts;       /* a router's expert rows in expert order (n_experts) */
+    int n_experts;
 } store_insert_t;
 /* Insert version newest+1 (RC_EXISTS when name is an alias, or fail_if_exists and live;
- * RC_QUOTA when the tenant's live bytes plus probe->size pass max_bytes).
+ * RC_QUOTA when the tenant's live bytes plus probe->size pass max_bytes; RC_NOT_FOUND
+ * when an expert was deleted meanwhile) and its router_experts rows.
  * install(ctx) runs inside the transaction, after the checks and before the INSERT: it
  * installs the blobs. OUT: row. */
 rc_t store__w_insert(store_t *s, const store_insert_t *in, rc_t (*install)(void *ctx, core_err_t *),
@@ -194,5 +215,20 @@ void store__start_gc(store_t *s);
 /* Read, verify (sha256 of both files against row) and load one version. */
 rc_t store__load_verified(store_t *s, const store_adapter_t *row, core_lora_t **out,
                           core_err_t *err);
+/* Whole file into a malloc'd buffer (NUL-terminated), at most max bytes. */
+rc_t store__read_file(const char *path, uint64_t max, uint8_t **out, size_t *len,
+                      core_err_t *err);
+
+/* ---- router.c ---- */
+/* Read and verify a router row's two blobs and parse its weights (a load task). */
+rc_t store__rparts_load(store_t *s, const store_adapter_t *row, store_rparts_t **out,
+                        core_err_t *err);
+void store__rparts_retain(store_rparts_t *p);
+void store__rparts_release(store_rparts_t *p);
+/* err = "LABEL: " + inner's message, keeping inner's reason (CORE_REASON_MAP) first so the
+ * api can still lift it. inner may be err. Returns rc. */
+rc_t store__err_named(core_err_t *err, rc_t rc, const core_err_t *inner, const char *label);
+/* Is sub-folder dir/entry a router folder (store_import_dir). */
+bool store__is_router_dir(const char *dir, const char *entry);
 
 #endif

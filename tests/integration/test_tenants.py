@@ -96,6 +96,8 @@ def routes():
         ("POST", "/v1/adapters?name=newone", small, mp),
         ("POST", "/v1/adapters/newone", small, mp),
         ("GET", "/v1/adapters", None, None),
+        ("POST", "/v1/routers", {"name": "r", "config": {"router_type": "arrow",
+                                                         "experts": ["sql"]}}, None),
         ("GET", "/v1/adapters/sql", None, None),
         ("GET", "/v1/adapters/sql@1", None, None),
         ("DELETE", "/v1/adapters/sql", None, None),

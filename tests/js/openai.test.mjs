@@ -1,7 +1,8 @@
 // openai.test.mjs - the official `openai` npm client against adapterd's /v1/completions.
 // Checks: plain and streamed completions with the base model and with an adapter; a LoRA
-// changes the output; the same seed gives the same sampled text; usage counts; errors
-// surface as the client's typed exceptions with the right status.
+// changes the output; the same seed gives the same sampled text; usage counts; a stored
+// router used as a model (extra body fields return_routing / router pass through the
+// client); errors surface as the client's typed exceptions with the right status.
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { makeData, startDaemon, runTap } from "./daemon.mjs";
@@ -82,6 +83,24 @@ const failed = await runTap([
     const viaModel = await complete("demo-a");
     const viaField = await complete("tiny-llama", { adapter: "demo-a" });
     assert.equal(viaField.choices[0].text, viaModel.choices[0].text);
+  }],
+  ["a router (POST /v1/routers) is a model: routing, streaming, and a typed 400", async () => {
+    const put = await fetch(`${d.base}/v1/routers`, { method: "POST", body: JSON.stringify({
+      name: "mix", config: { router_type: "arrow", experts: ["demo-a", "demo-b"], top_k: 1 } }) });
+    assert.equal(put.status, 201, await put.text());
+    const r = await complete("mix", { return_routing: true });
+    assert.ok(r.choices[0].text.length > 0);
+    assert.deepEqual(r.routing.adapters, ["demo-a", "demo-b"]);
+    for (const row of r.routing.layers) {
+      assert.equal(row.length, 2);
+      assert.ok(Math.abs(row[0] + row[1] - 1) < 1e-4, JSON.stringify(row));
+    }
+    const s = await streamText("mix");
+    assert.equal(s.text, r.choices[0].text);
+    const viaField = await complete("tiny-llama", { router: { name: "mix", top_k: 1 } });
+    assert.equal(viaField.choices[0].text, r.choices[0].text);
+    await assert.rejects(() => complete("tiny-llama", { router: { name: "mix", top_k: 3 } }),
+      (e) => e instanceof OpenAI.BadRequestError && /top_k/.test(e.message));
   }],
   ["unknown model is a 404 NotFoundError", async () => {
     await assert.rejects(() => complete("no-such-adapter"), (e) => e instanceof OpenAI.NotFoundError && e.status === 404);

@@ -684,7 +684,7 @@ TEST(migrate_schema1)
     sqlite3_close(db);
 
     fx_open(&f);
-    ASSERT_EQ(user_version(db_path), 3);
+    ASSERT_EQ(user_version(db_path), 4);
     store_adapter_t row;
     ASSERT_RC(store_resolve(f.s, f.tenant, "old", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.state, STORE_STATE_READY);
@@ -713,7 +713,7 @@ TEST(migrate_schema1)
     row = fx_import(&f, "old", 0.75f);
     ASSERT_EQ(row.version, 2);
     fx_reopen(&f);
-    ASSERT_EQ(user_version(db_path), 3);
+    ASSERT_EQ(user_version(db_path), 4);
     ASSERT_RC(store_resolve(f.s, f.tenant, "old@1", &row, &f.err), RC_OK, &f.err);
     ASSERT_EQ(row.state, STORE_STATE_READY);
     fx_end(&f);
