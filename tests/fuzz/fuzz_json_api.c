@@ -29,6 +29,7 @@ static const route_t routes[] = {
     {"POST", "/v1/load_lora_adapter", false}, {"POST", "/v1/adapters", true},
     {"POST", "/v1/adapters/fz-up", true},    {"PATCH", "/v1/admin/tenants/fz", false},
     {"POST", "/v1/adapters/alpha/pin", false}, {"GET", "/v1/models", false},
+    {"POST", "/v1/routers", false},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
